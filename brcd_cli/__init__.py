@@ -1,0 +1,3 @@
+"""brcd: image search by binary hash codes (CIBHash teachers, BRCD students)."""
+
+__version__ = "0.1.0"
