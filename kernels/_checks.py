@@ -1,0 +1,111 @@
+"""Input checks shared by the public dispatch layer and the reference backend.
+
+Every check turns a user mistake into a ``ValueError`` that names the argument
+and says how to fix it, instead of letting a fast backend read out of bounds or
+silently compute on the wrong bits. The helpers return normalised arrays (uint8,
+2-D, C-contiguous), so a backend that receives their output needs no checks of
+its own.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def to_numpy(x: Any, name: str) -> np.ndarray:
+    """Accept numpy arrays and CPU torch tensors without importing torch."""
+    if isinstance(x, np.ndarray):
+        return x
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"{name} is a torch tensor on {x.device}; the packed Hamming kernels run on the CPU, "
+                f"pass {name}.cpu() instead"
+            )
+        return x.detach().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - anything numpy cannot read
+        raise ValueError(f"{name} must be a numpy array or a CPU torch tensor, got {type(x).__name__}") from exc
+
+
+def packed_codes(x: Any, name: str) -> np.ndarray:
+    """Return ``x`` as a C-contiguous uint8 (n, n_bytes) array or raise."""
+    a = to_numpy(x, name)
+    if a.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must hold packed codes of dtype uint8 (n_codes, L/8), got dtype {a.dtype}; "
+            "turn +-1 codes into packed ones with pack_codes()"
+        )
+    if a.ndim != 2:
+        hint = f" (for a single code use {name}[None, :])" if a.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_codes, n_bytes), got shape {tuple(a.shape)}{hint}")
+    return np.ascontiguousarray(a)
+
+
+def packed_pair(queries: Any, database: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check that queries and database are packed codes of one bit length."""
+    q = packed_codes(queries, "queries")
+    db = packed_codes(database, "database")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(
+            f"queries have {q.shape[1]} bytes per code ({8 * q.shape[1]} bits) but the database has "
+            f"{db.shape[1]} bytes per code ({8 * db.shape[1]} bits); both must use the same code length"
+        )
+    if q.shape[1] == 0:
+        raise ValueError("codes have 0 bytes (0 bits); packed codes need at least 8 bits")
+    return q, db
+
+
+def check_k(k: Any) -> int:
+    """k must be a positive integer; it is later clipped to the database size."""
+    try:
+        kk = operator.index(k)
+    except TypeError:
+        raise ValueError(f"k must be a positive integer, got {k!r}") from None
+    if kk <= 0:
+        raise ValueError(f"k must be a positive integer, got {kk}")
+    return int(kk)
+
+
+def check_radius(radius: Any, n_bits: int) -> int:
+    """Return the integer radius to use (d <= r for real r is d <= floor(r)), clipped to the code length."""
+    try:
+        r = float(radius)
+    except (TypeError, ValueError):
+        raise ValueError(f"radius must be a non-negative number of bits, got {radius!r}") from None
+    if math.isnan(r) or r < 0:
+        raise ValueError(f"radius must be a non-negative number of bits, got {radius!r}")
+    if r >= n_bits:
+        return int(n_bits)
+    return int(math.floor(r))
+
+
+def packed_masks(masks: Any, n_queries: int, n_bytes: int) -> np.ndarray:
+    """Normalise masks to (1, n_bytes) (shared by all queries) or (n_queries, n_bytes)."""
+    m = to_numpy(masks, "masks")
+    if m.dtype != np.uint8:
+        raise ValueError(
+            f"masks must be packed bit masks of dtype uint8, got dtype {m.dtype}; pack 0/1 masks with pack_codes()"
+        )
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2:
+        raise ValueError(
+            f"masks must have shape (n_bytes,), (1, n_bytes) or (n_queries, n_bytes), got {tuple(m.shape)}"
+        )
+    if m.shape[1] != n_bytes:
+        raise ValueError(
+            f"masks have {m.shape[1]} bytes per row but the codes have {n_bytes} bytes; they must match"
+        )
+    if m.shape[0] not in (1, n_queries):
+        raise ValueError(
+            f"masks must hold one row shared by all queries or one row per query ({n_queries}), "
+            f"got {m.shape[0]} rows"
+        )
+    return np.ascontiguousarray(m)

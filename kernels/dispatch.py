@@ -1,0 +1,150 @@
+"""One entry point per packed operation, whichever backend does the work.
+
+Inputs are validated and normalised here once (uint8, 2-D, C-contiguous, equal
+widths, k > 0, radius >= 0), so the backends can assume clean arrays and every
+backend reports a user mistake in the same words.
+
+Backends are probed lazily: importing this module loads neither numba nor the
+C++ extension, and the first packed call (or available_backends()) pays for it
+once. The environment variable is read on every call so that a test or a user
+can switch backends without restarting the process.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from types import ModuleType
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _checks
+
+ENV_VAR = "BRCD_KERNEL_BACKEND"
+BACKENDS: tuple[str, ...] = ("native", "numba", "reference")  # order of preference
+_NATIVE_API_VERSION = 1
+_OPS = ("hamming_distances", "knn", "radius_search", "masked_similarity_packed")
+
+_lock = threading.Lock()
+_modules: dict[str, ModuleType] = {}
+_status: dict[str, str] = {}
+
+
+def _load_native() -> ModuleType:
+    mod = importlib.import_module("brcd_cli._hamming_cpu")
+    version = getattr(mod, "API_VERSION", None)
+    if version != _NATIVE_API_VERSION:
+        raise ImportError(
+            f"brcd_cli._hamming_cpu is a stale build (API {version}, need {_NATIVE_API_VERSION}); "
+            "rebuild with `pip install -e . --no-build-isolation`"
+        )
+    return mod
+
+
+def _load_numba() -> ModuleType:
+    return importlib.import_module(f"{__package__}.numba_backend")
+
+
+def _load_reference() -> ModuleType:
+    return importlib.import_module(f"{__package__}.reference")
+
+
+_LOADERS = {"native": _load_native, "numba": _load_numba, "reference": _load_reference}
+
+
+def _probe(name: str) -> None:
+    """Try to load one backend, recording the module or a one-line reason."""
+    if name in _status:
+        return
+    with _lock:
+        if name in _status:
+            return
+        try:
+            mod = _LOADERS[name]()
+            missing = [op for op in _OPS if not hasattr(mod, op)]
+            if missing:
+                raise ImportError(f"module lacks {', '.join(missing)}")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available", with the reason
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            _status[name] = reason
+        else:
+            _modules[name] = mod
+            _status[name] = "available"
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> "available" or why it cannot be used, in order of preference."""
+    for name in BACKENDS:
+        _probe(name)
+    return {name: _status[name] for name in BACKENDS}
+
+
+def _select(backend: Optional[str]) -> tuple[str, ModuleType]:
+    requested = backend if backend is not None else os.environ.get(ENV_VAR, "")
+    requested = requested.strip().lower()
+    if requested in ("", "auto"):
+        for name in BACKENDS:
+            _probe(name)
+            if name in _modules:
+                return name, _modules[name]
+        raise RuntimeError("no kernel backend could be loaded")  # pragma: no cover - reference needs only numpy
+    source = "backend argument" if backend is not None else f"environment variable {ENV_VAR}"
+    if requested not in BACKENDS:
+        raise ValueError(
+            f"unknown kernel backend {requested!r} (from the {source}); choose one of {', '.join(BACKENDS)} or auto"
+        )
+    _probe(requested)
+    if requested not in _modules:
+        raise RuntimeError(
+            f"kernel backend {requested!r} was requested by the {source} but is not available: {_status[requested]}"
+        )
+    return requested, _modules[requested]
+
+
+def active_backend() -> str:
+    """The backend packed operations would use now (honours BRCD_KERNEL_BACKEND)."""
+    return _select(None)[0]
+
+
+def hamming_distances(queries: Any, database: Any, *, backend: Optional[str] = None) -> np.ndarray:
+    """All-pairs Hamming distances between packed codes, int32 (q, n)."""
+    q, db = _checks.packed_pair(queries, database)
+    return _select(backend)[1].hamming_distances(q, db)
+
+
+def knn(queries: Any, database: Any, k: int, *, backend: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest codes per query: (distances int32 (q, k'), indices int64 (q, k')), k' = min(k, n).
+
+    Rows are sorted by (distance, database index), so results are reproducible
+    across backends and runs even when many codes tie.
+    """
+    q, db = _checks.packed_pair(queries, database)
+    kk = _checks.check_k(k)
+    return _select(backend)[1].knn(q, db, kk)
+
+
+def radius_search(
+    queries: Any, database: Any, radius: float, *, backend: Optional[str] = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All codes with distance <= radius, as CSR (lims int64 (q+1,), distances int32, indices int64).
+
+    The hits of query i are [lims[i], lims[i+1]), sorted by (distance, index),
+    like faiss range_search; a CSR layout avoids one Python list per query.
+    """
+    q, db = _checks.packed_pair(queries, database)
+    r = _checks.check_radius(radius, 8 * q.shape[1])
+    return _select(backend)[1].radius_search(q, db, r)
+
+
+def masked_similarity_packed(
+    queries: Any, database: Any, masks: Any, *, backend: Optional[str] = None
+) -> np.ndarray:
+    """cos_M(a, b) = (w - 2 popcount((a ^ b) & M)) / w with w = popcount(M), float32 (q, n); 0 where w == 0.
+
+    masks is one packed mask shared by all queries, (nb,) or (1, nb), or one per
+    query, (q, nb).
+    """
+    q, db = _checks.packed_pair(queries, database)
+    m = _checks.packed_masks(masks, q.shape[0], q.shape[1])
+    return _select(backend)[1].masked_similarity_packed(q, db, m)
