@@ -1,0 +1,11 @@
+"""Codes files: the packed binary codes of a collection plus each item's id, on disk.
+
+Layout and a numpy-only reader are documented in docs/codes-format.md.
+"""
+from __future__ import annotations
+
+from .header import CodesFileError
+from .reader import CodeIds, CodesFile, read_codes
+from .writer import CodesWriter, write_codes
+
+__all__ = ["CodeIds", "CodesFile", "CodesFileError", "CodesWriter", "read_codes", "write_codes"]
