@@ -1,0 +1,274 @@
+"""Image collections behind the ``DATA`` argument.
+
+A source is an ordered list of items (stable ids, optional multi-hot labels)
+that can decode item ``i`` to a Pillow image on demand. Nothing is decoded up
+front, so a source over a million files costs only its path list.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+# Pillow refuses images above this many pixels (decompression bombs) with an error.
+Image.MAX_IMAGE_PIXELS = 89_478_485
+
+
+@dataclass
+class ImageSource:
+    """An ordered image collection.
+
+    ``labels`` is a multi-hot ``uint8`` array (n, C) or None when unlabelled.
+    ``protocol`` optionally names predefined index groups (e.g. CIFAR-10's
+    ``train``/``test``) that the split follows instead of a random one.
+    """
+
+    name: str
+    ids: list[str]
+    loader: Callable[[int], Image.Image]
+    labels: Optional[np.ndarray] = None
+    class_names: list[str] = field(default_factory=list)
+    augment: str = "photo"
+    protocol: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> Image.Image:
+        """Decode item ``i`` as RGB; any decoding problem becomes a DataError naming the item."""
+        try:
+            image = self.loader(i)
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+        except DataError:
+            raise
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {self.ids[i]!s}: {exc}") from None
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None and self.labels.shape[0] == len(self.ids)
+
+
+def _path_loader(paths: Sequence[Path]) -> Callable[[int], Image.Image]:
+    def load(i: int) -> Image.Image:
+        with Image.open(paths[i]) as im:
+            im.load()
+            return im.copy() if im.mode != "P" else im.convert("RGBA")
+
+    return load
+
+
+def _array_loader(images: np.ndarray) -> Callable[[int], Image.Image]:
+    return lambda i: Image.fromarray(images[i])
+
+
+def _one_hot(class_ids: np.ndarray, n_classes: int) -> np.ndarray:
+    labels = np.zeros((len(class_ids), n_classes), dtype=np.uint8)
+    labels[np.arange(len(class_ids)), class_ids] = 1
+    return labels
+
+
+def digits_source() -> ImageSource:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside its wheel, no download)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.clip(data.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    ids = [f"digits/{int(t)}/{i:04d}" for i, t in enumerate(data.target)]
+    return ImageSource(
+        name="digits",
+        ids=ids,
+        loader=_array_loader(images),
+        labels=_one_hot(data.target.astype(np.int64), 10),
+        class_names=[str(c) for c in range(10)],
+        augment="digits",
+    )
+
+
+def synthetic_source(n: int = 200, n_classes: int = 4, size: int = 32, seed: int = 0) -> ImageSource:
+    """Seeded synthetic images: each class is a fixed random colour layout plus per-image noise.
+
+    Meant for unit tests that need control and speed, not realism.
+    """
+    if n <= 0 or n_classes <= 0:
+        raise DataError("synthetic data needs n > 0 and classes > 0")
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, size=(n_classes, 4, 4, 3)).astype(np.float32)
+    class_ids = np.arange(n) % n_classes
+    rng.shuffle(class_ids)
+    coarse = prototypes[class_ids] + rng.normal(0, 24, size=(n, 4, 4, 3))
+    images = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
+    images = images + rng.normal(0, 12, size=images.shape)
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    ids = [f"synthetic/{int(c)}/{i:05d}" for i, c in enumerate(class_ids)]
+    return ImageSource(
+        name="synthetic",
+        ids=ids,
+        loader=_array_loader(images),
+        labels=_one_hot(class_ids, n_classes),
+        class_names=[str(c) for c in range(n_classes)],
+        augment="photo",
+    )
+
+
+def find_images(root: Path) -> list[Path]:
+    """All image files below ``root`` (recursive, symlinks followed once, sorted for stable order)."""
+    found: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:  # a symlink loop: do not walk it again
+            dirnames[:] = []
+            continue
+        seen_dirs.add(key)
+        dirnames.sort()
+        for name in sorted(filenames):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+def folder_source(root: Path) -> ImageSource:
+    """Images below a folder; the first-level subfolder name is the label when there is one."""
+    paths = find_images(root)
+    if not paths:
+        raise DataError(f"no images found under {root}")
+    rel = [p.relative_to(root) for p in paths]
+    class_of = [r.parts[0] if len(r.parts) > 1 else None for r in rel]
+    class_names = sorted({c for c in class_of if c is not None})
+    labels = None
+    if class_names:
+        index = {c: j for j, c in enumerate(class_names)}
+        labels = np.zeros((len(paths), len(class_names)), dtype=np.uint8)
+        for i, c in enumerate(class_of):
+            if c is not None:
+                labels[i, index[c]] = 1
+    return ImageSource(
+        name=root.name or str(root),
+        ids=[str(p) for p in paths],
+        loader=_path_loader(paths),
+        labels=labels,
+        class_names=class_names,
+    )
+
+
+def list_source(list_file: Path) -> ImageSource:
+    """A deep-hashing list file: ``relative/path.jpg 0 1 0 ...`` (multi-hot), paths relative to the file."""
+    base = list_file.parent
+    paths: list[Path] = []
+    rows: list[list[int]] = []
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read list file {list_file}: {exc}") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            row = [int(v) for v in parts[1:]]
+        except ValueError:
+            raise DataError(f"{list_file}:{lineno}: labels must be integers 0/1, got {' '.join(parts[1:])!r}") from None
+        if rows and len(row) != len(rows[0]):
+            raise DataError(f"{list_file}:{lineno}: expected {len(rows[0])} labels, found {len(row)}")
+        paths.append(base / parts[0])
+        rows.append(row)
+    if not paths:
+        raise DataError(f"list file {list_file} names no images")
+    labels = np.asarray(rows, dtype=np.uint8) if rows[0] else None
+    return ImageSource(
+        name=list_file.stem,
+        ids=[str(p) for p in paths],
+        loader=_path_loader(paths),
+        labels=labels,
+        class_names=[str(j) for j in range(labels.shape[1])] if labels is not None else [],
+    )
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: CIFAR batches need nothing else,
+    and refusing every other global means a crafted file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArraysOnlyUnpickler(fh, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
+    return data, labels
+
+
+def cifar10_source(root: Path) -> ImageSource:
+    """CIFAR-10 in its python-batches layout; the protocol keeps train and test apart."""
+    train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [p.name for p in train_files + [root / "test_batch"] if not p.is_file()]
+    if missing:
+        raise DataError(f"{root} is not a complete CIFAR-10 python folder (missing {', '.join(missing)})")
+    parts = [_read_cifar_batch(p) for p in train_files]
+    test = _read_cifar_batch(root / "test_batch")
+    images = np.concatenate([p[0] for p in parts] + [test[0]])
+    targets = np.concatenate([p[1] for p in parts] + [test[1]])
+    n_train = sum(len(p[1]) for p in parts)
+    ids = [f"cifar10/train/{i:05d}" for i in range(n_train)] + [
+        f"cifar10/test/{i:05d}" for i in range(len(test[1]))
+    ]
+    return ImageSource(
+        name="cifar10",
+        ids=ids,
+        loader=_array_loader(images),
+        labels=_one_hot(targets, 10),
+        class_names=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        protocol={"train": np.arange(n_train), "test": np.arange(n_train, len(ids))},
+    )
+
+
+def open_source(spec: str) -> ImageSource:
+    """Resolve a ``DATA`` argument: ``digits``, ``synthetic[:N]``, a CIFAR-10 folder, an image folder or a list file."""
+    if spec == "digits":
+        return digits_source()
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        _, _, n = spec.partition(":")
+        try:
+            return synthetic_source(n=int(n) if n else 200)
+        except ValueError:
+            raise DataError(f"bad synthetic spec {spec!r}; use synthetic or synthetic:N") from None
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"data not found: {spec} (give a folder of images, a list file, a CIFAR-10 folder or 'digits')")
+    if path.is_dir():
+        if (path / "data_batch_1").is_file():
+            return cifar10_source(path)
+        return folder_source(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise DataError(f"{spec} is a single image; give the folder or a list file that contains it")
+    return list_source(path)
