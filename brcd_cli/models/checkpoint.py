@@ -1,0 +1,130 @@
+"""Checkpoints: safetensors weights + a JSON config, never a pickled module.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``config.json``.
+The config records the model's fingerprint (sha256 of the weights file), so
+codes files can name the model that produced them and refuse a model from
+another code space.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import ModelError
+from .hashing import HashModel, ModelConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+FORMAT = "brcd-model/1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(model: HashModel, directory: Path) -> str:
+    """Save weights and config; returns the fingerprint. Writes weights first, config last,
+    so a folder whose config is present always has the matching weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": FORMAT})
+        fingerprint = _sha256(Path(tmp))
+        os.replace(tmp, directory / WEIGHTS)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    doc = {"format": FORMAT, "fingerprint": fingerprint, "config": model.config.to_dict()}
+    atomic_write_json(directory / CONFIG, doc)
+    return fingerprint
+
+
+def read_config(directory: Path) -> tuple[ModelConfig, str]:
+    """The config and fingerprint of a checkpoint folder, without loading weights."""
+    directory = Path(directory)
+    cfg_path = directory / CONFIG
+    if not directory.is_dir():
+        raise ModelError(f"model folder not found: {directory}")
+    if not cfg_path.is_file():
+        raise ModelError(f"{directory} is not a brcd model (no {CONFIG}); train one with brcd train-teacher or brcd distill")
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("config"), dict):
+        raise ModelError(f"{cfg_path} is not a {FORMAT} config")
+    return ModelConfig.from_dict(doc["config"]), str(doc.get("fingerprint", ""))
+
+
+def load_model(directory: Path, expect_role: str | None = None) -> tuple[HashModel, str]:
+    """Rebuild a model from its folder. Refuses a tampered or mismatched weights file by name."""
+    directory = Path(directory)
+    config, fingerprint = read_config(directory)
+    if expect_role is not None and config.role != expect_role:
+        raise ModelError(f"{directory} holds a {config.role}, expected a {expect_role}")
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{directory} has a config but no {WEIGHTS}")
+    if fingerprint and _sha256(weights) != fingerprint:
+        raise ModelError(f"{weights} does not match the fingerprint in {CONFIG} (file changed or corrupt)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights} is not a valid safetensors file: {exc}") from None
+    model = HashModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs {config.arch} {tuple(expected[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        raise ModelError(f"{weights} does not fit {config.arch} with {config.bits} bits: {'; '.join(parts)}")
+    model.load_state_dict(state)
+    model.eval()
+    return model, fingerprint
+
+
+def code_space_of(config: ModelConfig, fingerprint: str) -> str:
+    """The code space a model encodes into: its teacher's for a distilled student, else its own."""
+    return config.code_space or fingerprint

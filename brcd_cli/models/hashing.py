@@ -1,0 +1,158 @@
+"""Hashing networks: a timm backbone, a head to L logits, and the sign code.
+
+The model takes float images in [0, 1] and normalises them itself, so every
+caller (training, encode, search) feeds the same thing and the statistics
+travel with the checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+VALID_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
+HEADS = ("linear", "mlp")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a hashing model (stored as config.json beside the weights)."""
+
+    arch: str
+    bits: int
+    image_size: int
+    role: str = "teacher"  # teacher | student
+    head: str = "linear"  # linear: Linear(d, L); mlp: Linear(d, h) -> ReLU -> Linear(h, L)
+    hidden: int = 1000
+    freeze_backbone: bool = False
+    pretrained: str = "none"  # what initialised the backbone, for the record
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    augment: str = "photo"
+    method: str = "cibhash"  # cibhash (teacher or student alone) | brcd
+    code_space: str = ""  # fingerprint of the model whose code space this one uses ("" = its own)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ModelError(f"config has unknown fields {sorted(unknown)}: written by a newer brcd?")
+        try:
+            cfg = cls(**d)
+            cfg.mean, cfg.std = tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+            cfg.bits, cfg.image_size, cfg.hidden = int(cfg.bits), int(cfg.image_size), int(cfg.hidden)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"config is malformed: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.bits not in VALID_BITS:
+            raise ModelError(f"bits must be one of {', '.join(map(str, VALID_BITS))}, got {self.bits}")
+        if self.head not in HEADS:
+            raise ModelError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if not 8 <= self.image_size <= 1024:
+            raise ModelError(f"image size must be in 8..1024, got {self.image_size}")
+        if self.role not in ("teacher", "student"):
+            raise ModelError(f"role must be teacher or student, got {self.role!r}")
+
+
+def create_backbone(arch: str, image_size: int) -> nn.Module:
+    """A timm model without its classifier (pooled features out), or a clear error for a bad name."""
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ModelError(f"unknown architecture {arch!r}{hint}")
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    if _takes_img_size(arch):
+        kwargs["img_size"] = image_size
+    try:
+        return timm.create_model(arch, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - timm raises many types for bad combinations
+        raise ModelError(f"cannot build {arch!r} at {image_size}px: {exc}") from None
+
+
+def _takes_img_size(arch: str) -> bool:
+    """Transformers fix their position embeddings to an input size; CNNs take any size."""
+    cfg = timm.get_pretrained_cfg(arch)
+    arch_name = arch.split(".")[0]
+    return any(t in arch_name for t in ("vit", "deit", "beit", "eva", "swin", "maxvit", "coat", "mambaout")) or (
+        cfg is not None and getattr(cfg, "fixed_input_size", False)
+    )
+
+
+@torch.no_grad()
+def feature_dim(backbone: nn.Module, image_size: int) -> int:
+    """Width of the pooled features. Read off one forward pass, because some timm models
+    (LCNet, MobileNetV3) add a conv head after pooling, so num_features is not what comes out."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return int(backbone(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+    finally:
+        backbone.train(was_training)
+
+
+class HashModel(nn.Module):
+    """Backbone + head; ``forward`` gives logits h, ``codes`` gives sign(h) in {-1, +1}.
+
+    A frozen backbone is kept in eval mode even while the head trains: its
+    BatchNorm statistics must not drift and its dropout must not run.
+    """
+
+    def __init__(self, config: ModelConfig, backbone: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = backbone if backbone is not None else create_backbone(config.arch, config.image_size)
+        dim = feature_dim(self.backbone, config.image_size)
+        if config.head == "linear":
+            self.head: nn.Module = nn.Linear(dim, config.bits)
+        else:
+            self.head = nn.Sequential(nn.Linear(dim, config.hidden), nn.ReLU(inplace=True), nn.Linear(config.hidden, config.bits))
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        self.set_backbone_frozen(config.freeze_backbone)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        self.config.freeze_backbone = frozen
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "HashModel":
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features of float images in [0, 1]."""
+        return self.backbone((images - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.freeze_backbone:
+            with torch.no_grad():
+                feats = self.features(images)
+        else:
+            feats = self.features(images)
+        return self.head(feats)
+
+    @torch.no_grad()
+    def codes(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic ±1 codes (sign of the logits, i.e. sigmoid(h) >= 0.5; 0 maps to +1)."""
+        h = self.forward(images)
+        return torch.where(h >= 0, 1.0, -1.0)

@@ -1,0 +1,77 @@
+"""Backbone weights: ``--pretrained auto|none|PATH`` without ever touching the network.
+
+``auto`` uses timm's published weights only when they are already in the
+local Hugging Face or torch-hub cache; otherwise it says so in one line and
+the backbone starts from random weights. A PATH is loaded through timm's own
+loader, which reads safetensors or a torch state dict with weights_only=True
+(no arbitrary unpickling).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+
+def cached_weights(arch: str) -> Optional[Path]:
+    """Path of timm's pretrained weights for ``arch`` if a local cache holds them, else None."""
+    cfg = timm.get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo, _, revision = hub_id.partition("@")
+            for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                try:
+                    hit = try_to_load_from_cache(repo, filename, revision=revision or None)
+                except Exception:  # noqa: BLE001 - a malformed cache is the same as no cache
+                    hit = None
+                if isinstance(hit, (str, os.PathLike)) and Path(hit).is_file():
+                    return Path(hit)
+    url = getattr(cfg, "url", None)
+    if url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_backbone_weights(
+    arch: str, image_size: int, spec: str, log: Callable[[str], None] = print
+) -> tuple[Optional[nn.Module], str]:
+    """Build a pretrained backbone for ``spec``, or return (None, "none") for random initialisation.
+
+    The second value records where the weights came from, for the checkpoint's config.
+    """
+    if spec == "none":
+        return None, "none"
+    if spec == "auto":
+        path = cached_weights(arch)
+        if path is None:
+            log(f"no pretrained weights for {arch} in the local cache; initialising randomly (pass --pretrained PATH to use a file)")
+            return None, "none"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelError(f"pretrained weights file not found: {spec}")
+    from .hashing import _takes_img_size  # local import: avoid a cycle at module import
+
+    kwargs = {"img_size": image_size} if _takes_img_size(arch) else {}
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - timm/torch raise many types for unusable files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load pretrained weights {path} for {arch}: {first}") from None
+    log(f"loaded pretrained weights for {arch} from {path}")
+    return model, str(path)
