@@ -1,0 +1,4 @@
+"""``python -m brcd_cli`` runs the command line."""
+from .cli import main
+
+main()

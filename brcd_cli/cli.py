@@ -1,0 +1,292 @@
+"""The ``brcd`` command line: a thin typed shell over the library.
+
+Every command maps to one library call. User mistakes raise BrcdError (or a
+codes-file error) and end as one line on stderr with the exit code listed in
+the README; only bugs show a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import BrcdError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Image search by binary hash codes: train a CIBHash teacher, distil a BRCD student, encode, search, evaluate.",
+)
+
+EXIT_INTERRUPTED = 130
+EXIT_CODES_FILE = 5
+
+
+def log(message: str) -> None:
+    """Progress and notes go to stderr so that --json output on stdout stays machine-readable."""
+    typer.echo(message, err=True)
+
+
+def _parse_clusters(value: str) -> Optional[int]:
+    if value == "auto":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise BrcdError(f"--clusters must be 'auto' or a positive integer, got {value!r}") from None
+    if k < 1:
+        raise BrcdError(f"--clusters must be 'auto' or a positive integer, got {value!r}")
+    return k
+
+
+def _fit_options(epochs: int, batch_size: int, lr: float, patience: int, time_budget: Optional[float], seed: int):
+    from .training import FitOptions
+
+    if epochs < 1 or batch_size < 2 or lr <= 0 or patience < 1:
+        raise BrcdError("need --epochs >= 1, --batch-size >= 2, --lr > 0 and --patience >= 1")
+    if time_budget is not None and time_budget <= 0:
+        raise BrcdError("--time-budget must be a positive number of seconds")
+    return FitOptions(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, time_budget=time_budget, seed=seed)
+
+
+@app.command("train-teacher")
+def train_teacher_cmd(
+    data: str = typer.Argument(..., help="digits, an image folder, a list file or a CIFAR-10 folder"),
+    out: Path = typer.Option(Path("teacher"), "--out", help="output folder for the teacher"),
+    arch: str = typer.Option("vit_base_patch16_224", help="any timm model name"),
+    bits: int = typer.Option(64, help="code length: 16, 32, 64 or 128 (any multiple of 8 up to 256)"),
+    image_size: int = typer.Option(224, help="input size in pixels"),
+    pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
+    freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
+    head: str = typer.Option("linear", help="linear or mlp (Linear-ReLU-Linear)"),
+    hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
+    augment: Optional[str] = typer.Option(None, help="photo, digits or none (default: the data set's own)"),
+    epochs: int = typer.Option(200),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(5e-4),
+    patience: int = typer.Option(10, help="epochs without a better validation mAP before stopping"),
+    time_budget: Optional[float] = typer.Option(None, help="stop training after this many seconds"),
+    seed: int = typer.Option(0),
+    stochastic: bool = typer.Option(False, help="sample codes as sign(p - u), u ~ U(0,1), while training"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
+    force: bool = typer.Option(False, help="overwrite a model already in --out"),
+) -> None:
+    """Train a CIBHash teacher (NT-Xent on straight-through sign codes + Bernoulli KL bottleneck)."""
+    from .data import open_source
+    from .training import TeacherOptions, train_teacher
+    from .training.common import set_threads
+
+    set_threads(threads)
+    options = TeacherOptions(
+        arch=arch, bits=bits, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone,
+        head=head, hidden=hidden, augment=augment, seed=seed, stochastic=stochastic,
+        fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed),
+    )
+    _check_common(bits, image_size, augment, head, hidden)
+    train_teacher(open_source(data), out, options, resume=resume, force=force, log=log)
+
+
+def _check_common(bits: int, image_size: int, augment: Optional[str], head: str = "linear", hidden: int = 1) -> None:
+    from .data.augment import RECIPES
+    from .models import VALID_BITS
+    from .models.hashing import HEADS
+
+    if head not in HEADS:
+        raise BrcdError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    if hidden < 1:
+        raise BrcdError(f"--hidden must be positive, got {hidden}")
+    if bits not in VALID_BITS:
+        raise BrcdError(f"--bits must be one of {', '.join(map(str, VALID_BITS))}, got {bits}")
+    if not 8 <= image_size <= 1024:
+        raise BrcdError(f"--image-size must be in 8..1024, got {image_size}")
+    if augment is not None and augment not in RECIPES:
+        raise BrcdError(f"--augment must be one of {', '.join(RECIPES)}, got {augment!r}")
+
+
+@app.command("distill")
+def distill_cmd(
+    data: str = typer.Argument(..., help="the teacher's training data"),
+    teacher: Path = typer.Option(..., "--teacher", help="teacher folder from train-teacher"),
+    out: Path = typer.Option(Path("student"), "--out", help="output folder for the student"),
+    arch: str = typer.Option("efficientnet_b0", help="any timm model name"),
+    image_size: Optional[int] = typer.Option(None, help="input size (default: the teacher's)"),
+    pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
+    freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
+    head: str = typer.Option("mlp", help="mlp (Linear-ReLU-Linear) or linear"),
+    hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
+    method: str = typer.Option("brcd", help="brcd, or none (the student trained alone with CIBHash)"),
+    alpha: float = typer.Option(0.8, help="weight of individual vs structural alignment"),
+    margin: float = typer.Option(0.5, help="bit mask keeps bits whose in-cluster consistency is >= margin"),
+    clusters: str = typer.Option("auto", help="k for k-means on teacher codes, or auto (best silhouette)"),
+    max_clusters: int = typer.Option(20, help="largest k tried by --clusters auto"),
+    false_neg: bool = typer.Option(True, "--false-neg/--no-false-neg", help="drop same-cluster negatives"),
+    false_pos: bool = typer.Option(True, "--false-pos/--no-false-pos", help="drop structural positives that left their cluster"),
+    bit_mask: bool = typer.Option(True, "--bit-mask/--no-bit-mask", help="mask inconsistent bits in structural terms"),
+    mask_rule: str = typer.Option("consistent", help="consistent (the method) or opposite (ablation)"),
+    augment: Optional[str] = typer.Option(None, help="photo, digits or none (default: the teacher's)"),
+    epochs: int = typer.Option(400),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    patience: int = typer.Option(10),
+    time_budget: Optional[float] = typer.Option(None, help="stop training after this many seconds"),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None),
+    resume: bool = typer.Option(False),
+    force: bool = typer.Option(False),
+) -> None:
+    """Distil a teacher into a small student with BRCD (clusters and bit masks are computed here and saved beside it)."""
+    from .data import open_source
+    from .training import DistillOptions, distill
+    from .training.common import set_threads
+
+    set_threads(threads)
+    _check_common(64, image_size or 224, augment, head, hidden)
+    options = DistillOptions(
+        arch=arch, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone, method=method,
+        head=head, hidden=hidden,
+        alpha=alpha, margin=margin, clusters=_parse_clusters(clusters), max_clusters=max_clusters,
+        false_negatives=false_neg, false_positives=false_pos, bit_mask=bit_mask, mask_rule=mask_rule,
+        augment=augment, seed=seed, fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed),
+    )
+    distill(open_source(data), teacher, out, options, resume=resume, force=force, log=log)
+
+
+@app.command("encode")
+def encode_cmd(
+    images: str = typer.Argument(..., help="image folder, list file, CIFAR-10 folder or digits"),
+    model: Path = typer.Option(..., "--model", help="teacher or student folder"),
+    out: Path = typer.Option(..., "--out", help="codes file to write"),
+    batch_size: int = typer.Option(128),
+    force: bool = typer.Option(False, help="overwrite an existing codes file"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Encode a collection into a packed codes file (streamed; written atomically)."""
+    from .data import open_source
+    from .pipeline import encode_collection
+    from .training.common import set_threads
+
+    set_threads(threads)
+    if batch_size < 1:
+        raise BrcdError("--batch-size must be >= 1")
+    count = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, log=log)
+    log(f"wrote {count} codes to {out}")
+
+
+@app.command("search")
+def search_cmd(
+    query: Path = typer.Argument(..., help="query image"),
+    codes: Path = typer.Option(..., "--codes", help="codes file from brcd encode"),
+    model: Path = typer.Option(..., "--model", help="model that encodes the query (a student for ASHP)"),
+    k: int = typer.Option(10, "-k", "--k", help="number of nearest codes"),
+    radius: Optional[int] = typer.Option(None, help="return every code within this Hamming distance (inclusive) instead of -k"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Search a codes file with an image: rank, Hamming distance and id of the nearest codes."""
+    from .pipeline import search_image
+
+    if radius is None and k <= 0:
+        raise BrcdError(f"-k must be positive, got {k}")
+    if radius is not None and radius < 0:
+        raise BrcdError(f"--radius must be >= 0, got {radius}")
+    hits = search_image(query, codes, model, k=k, radius=radius)
+    if as_json:
+        typer.echo(json.dumps({"query": str(query), "radius": radius, "k": None if radius is not None else k, "results": [h.to_dict() for h in hits]}))
+        return
+    if not hits:
+        typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
+    for h in hits:
+        typer.echo(f"{h.rank:>4}  {h.distance:>3}  {h.id}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: str = typer.Argument(..., help="labelled data: digits, an image folder with class subfolders, a list file, CIFAR-10"),
+    teacher: Path = typer.Option(..., "--teacher"),
+    student: Optional[Path] = typer.Option(None, "--student"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="mAP@K (default: 1000 for CIFAR-10, else the whole ranking)"),
+    seed: int = typer.Option(0, help="split seed (use the training seed)"),
+    as_json: bool = typer.Option(False, "--json"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """mAP@K (ties by index, and tie-aware) and precision within radius 2 for teacher-teacher, ASHP and SSHP."""
+    from .data import open_source
+    from .evaluation.protocol import evaluate_models
+    from .models import load_model
+    from .training.common import default_top_k, set_threads
+
+    set_threads(threads)
+    if top_k is not None and top_k < 1:
+        raise BrcdError(f"--top-k must be positive, got {top_k}")
+    source = open_source(data)
+    t, _ = load_model(teacher)
+    s = load_model(student)[0] if student is not None else None
+    scores = evaluate_models(source, t, s, seed=seed, top_k=top_k if top_k is not None else default_top_k(source), log=log)
+    if as_json:
+        typer.echo(json.dumps(scores))
+        return
+    for key, value in scores.items():
+        typer.echo(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("brcd-demo"), "--out", help="folder for the teacher, students and codes file"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    budget: float = typer.Option(1.0, help="scale the training time budgets (1.0 = about 8 minutes in all)"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """The whole pipeline on the embedded digits: teacher, BRCD student, student alone, encode, evaluate, search."""
+    from .demo import print_report, run_demo
+    from .training.common import set_threads
+
+    set_threads(threads)
+    if budget <= 0:
+        raise BrcdError("--budget must be positive")
+    report = run_demo(out, budget=budget, log=log)
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        print_report(report)
+
+
+@app.command("info")
+def info_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Versions, available kernel backends and the one that runs."""
+    from .info import collect_info
+
+    info = collect_info()
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        if isinstance(value, dict):
+            typer.echo(f"{key}:")
+            for k2, v2 in value.items():
+                typer.echo(f"  {k2}: {v2}")
+        else:
+            typer.echo(f"{key}: {value}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and an exit code, never a traceback."""
+    try:
+        from .codes import CodesFileError
+    except ImportError:  # pragma: no cover - the codes package is part of brcd
+        CodesFileError = ()  # type: ignore[assignment,misc]
+    try:
+        app()
+    except BrcdError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except CodesFileError as exc:  # type: ignore[misc]
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CODES_FILE)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun with --resume to continue training", err=True)
+        sys.exit(EXIT_INTERRUPTED)
