@@ -1,6 +1,6 @@
 """Image collections, splits and augmentation."""
-from .augment import Augmenter, iter_batches, load_batch, preload, to_tensor
-from .sources import ImageSource, digits_source, open_source, synthetic_source
+from .augment import Augmenter, iter_batches, load_batch, load_batch_tolerant, preload, to_tensor
+from .sources import ImageSource, digits_source, open_source, read_image_file, synthetic_source
 from .splits import Split, make_split
 
 __all__ = [
@@ -10,9 +10,11 @@ __all__ = [
     "digits_source",
     "iter_batches",
     "load_batch",
+    "load_batch_tolerant",
     "make_split",
     "open_source",
     "preload",
+    "read_image_file",
     "synthetic_source",
     "to_tensor",
 ]

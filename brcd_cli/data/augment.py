@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import DataError
 from .sources import ImageSource
 
 RECIPES = ("photo", "digits", "none")
@@ -42,6 +43,24 @@ def load_batch(source: ImageSource, indices: Sequence[int], size: int) -> torch.
     if len(indices) == 0:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return torch.stack([to_tensor(source.load(int(i)), size) for i in indices])
+
+
+def load_batch_tolerant(
+    source: ImageSource, indices: Sequence[int], size: int
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Like load_batch, but an unreadable item is set aside with the reason instead of failing the batch.
+
+    Returns (images of the readable items, their indices, [(index, reason)] of the rest).
+    """
+    images, ok, skipped = [], [], []
+    for i in map(int, indices):
+        try:
+            images.append(to_tensor(source.load(i), size))
+            ok.append(i)
+        except DataError as exc:
+            skipped.append((i, str(exc)))
+    batch = torch.stack(images) if images else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return batch, ok, skipped
 
 
 def iter_batches(

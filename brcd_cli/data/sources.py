@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -48,10 +49,10 @@ class ImageSource:
         try:
             image = self.loader(i)
             image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
+            return _to_8bit(image).convert("RGB")
         except DataError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError) as exc:
             raise DataError(f"cannot read image {self.ids[i]!s}: {exc}") from None
 
     @property
@@ -59,13 +60,63 @@ class ImageSource:
         return self.labels is not None and self.labels.shape[0] == len(self.ids)
 
 
-def _path_loader(paths: Sequence[Path]) -> Callable[[int], Image.Image]:
-    def load(i: int) -> Image.Image:
-        with Image.open(paths[i]) as im:
-            im.load()
-            return im.copy() if im.mode != "P" else im.convert("RGBA")
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float images, which Pillow's RGB conversion would clip to white, scaled to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "I" or array.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(array) * scale, 0, 255).astype(np.uint8), mode="L")
+    return image
 
-    return load
+
+def read_image_file(path: Path) -> Image.Image:
+    """Open one image file defensively; every refusal is a DataError saying why.
+
+    Non-regular files are refused before opening (opening a FIFO would block
+    forever); the declared size is checked before any pixel is decoded, so a
+    decompression bomb costs nothing; truncated files fail instead of being
+    padded with grey.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        reason = "broken symbolic link" if os.path.islink(path) else "file not found"
+        raise DataError(f"cannot read image {path}: {reason}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"cannot read image {path}: not a regular file")
+    if st.st_size == 0:
+        raise DataError(f"cannot read image {path}: empty file")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > Image.MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"cannot read image {path}: {width}x{height} pixels is above the {Image.MAX_IMAGE_PIXELS:,} pixel limit "
+                    "(possible decompression bomb)"
+                )
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            return _to_8bit(im).convert("RGB")
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image Pillow can decode") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _path_loader(paths: Sequence[Path]) -> Callable[[int], Image.Image]:
+    return lambda i: read_image_file(paths[i])
 
 
 def _array_loader(images: np.ndarray) -> Callable[[int], Image.Image]:
@@ -98,7 +149,9 @@ def digits_source() -> ImageSource:
 def synthetic_source(n: int = 200, n_classes: int = 4, size: int = 32, seed: int = 0) -> ImageSource:
     """Seeded synthetic images: each class is a fixed random colour layout plus per-image noise.
 
-    Meant for unit tests that need control and speed, not realism.
+    Meant for unit tests that need control and speed, not realism. Images are
+    generated on demand from (seed, index), so a source of a million items
+    costs only its id list and memory stays flat however large ``n`` is.
     """
     if n <= 0 or n_classes <= 0:
         raise DataError("synthetic data needs n > 0 and classes > 0")
@@ -106,15 +159,20 @@ def synthetic_source(n: int = 200, n_classes: int = 4, size: int = 32, seed: int
     prototypes = rng.integers(0, 256, size=(n_classes, 4, 4, 3)).astype(np.float32)
     class_ids = np.arange(n) % n_classes
     rng.shuffle(class_ids)
-    coarse = prototypes[class_ids] + rng.normal(0, 24, size=(n, 4, 4, 3))
-    images = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
-    images = images + rng.normal(0, 12, size=images.shape)
-    images = np.clip(images, 0, 255).astype(np.uint8)
+    block = max(1, size // 4)
+
+    def load(i: int) -> Image.Image:
+        item = np.random.default_rng((seed, i))
+        coarse = prototypes[class_ids[i]] + item.normal(0, 24, size=(4, 4, 3))
+        image = np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)
+        image = image + item.normal(0, 12, size=image.shape)
+        return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
     ids = [f"synthetic/{int(c)}/{i:05d}" for i, c in enumerate(class_ids)]
     return ImageSource(
         name="synthetic",
         ids=ids,
-        loader=_array_loader(images),
+        loader=load,
         labels=_one_hot(class_ids, n_classes),
         class_names=[str(c) for c in range(n_classes)],
         augment="photo",
