@@ -1,13 +1,10 @@
 """Images -> +-1 codes -> packed codes, in batches so memory stays flat."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSource, iter_batches
 from .kernels import pack_codes
 from .models import HashModel
 
@@ -30,30 +27,5 @@ def codes_of_images(model: HashModel, images: torch.Tensor, batch_size: int = 25
 
 
 def packed_codes_of_images(model: HashModel, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Packed uint8 codes (N, L/8), the layout of the codes file and the kernels."""
     return pack_codes(codes_of_images(model, images, batch_size).numpy())
-
-
-def encode_source(
-    model: HashModel,
-    source: ImageSource,
-    indices: Sequence[int],
-    batch_size: int = 128,
-    on_batch: Optional[Callable[[np.ndarray, np.ndarray], None]] = None,
-) -> np.ndarray:
-    """Packed codes of ``source[indices]``, decoding batch by batch.
-
-    With ``on_batch(indices, packed)`` the codes are handed over batch by batch
-    and nothing is accumulated (the return value is then empty), so a
-    collection of any size can be streamed to disk.
-    """
-    nbytes = model.config.bits // 8
-    parts: list[np.ndarray] = []
-    for chunk, images in iter_batches(source, indices, model.config.image_size, batch_size):
-        packed = packed_codes_of_images(model, images, batch_size)
-        if on_batch is not None:
-            on_batch(chunk, packed)
-        else:
-            parts.append(packed)
-    if not parts:
-        return np.zeros((0, nbytes), dtype=np.uint8)
-    return np.concatenate(parts)
