@@ -23,6 +23,7 @@ app = typer.Typer(
     help="Image search by binary hash codes: train a CIBHash teacher, distil a BRCD student, encode, search, evaluate.",
 )
 
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_CODES_FILE = 5
 
@@ -44,14 +45,18 @@ def _parse_clusters(value: str) -> Optional[int]:
     return k
 
 
-def _fit_options(epochs: int, batch_size: int, lr: float, patience: int, time_budget: Optional[float], seed: int):
+def _fit_options(epochs: int, batch_size: int, lr: float, patience: int, time_budget: Optional[float], seed: int,
+                 save_every: float = 30.0):
     from .training import FitOptions
 
     if epochs < 1 or batch_size < 2 or lr <= 0 or patience < 1:
         raise BrcdError("need --epochs >= 1, --batch-size >= 2, --lr > 0 and --patience >= 1")
     if time_budget is not None and time_budget <= 0:
         raise BrcdError("--time-budget must be a positive number of seconds")
-    return FitOptions(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, time_budget=time_budget, seed=seed)
+    if save_every < 0:
+        raise BrcdError("--save-every must be >= 0 seconds")
+    return FitOptions(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, time_budget=time_budget, seed=seed,
+                      save_every=save_every)
 
 
 @app.command("train-teacher")
@@ -71,6 +76,7 @@ def train_teacher_cmd(
     lr: float = typer.Option(5e-4),
     patience: int = typer.Option(10, help="epochs without a better validation mAP before stopping"),
     time_budget: Optional[float] = typer.Option(None, help="stop training after this many seconds"),
+    save_every: float = typer.Option(30.0, help="seconds between saves of the resume state (0: after every epoch)"),
     seed: int = typer.Option(0),
     stochastic: bool = typer.Option(False, help="sample codes as sign(p - u), u ~ U(0,1), while training"),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
@@ -86,7 +92,7 @@ def train_teacher_cmd(
     options = TeacherOptions(
         arch=arch, bits=bits, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone,
         head=head, hidden=hidden, augment=augment, seed=seed, stochastic=stochastic,
-        fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed),
+        fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
     _check_common(bits, image_size, augment, head, hidden)
     train_teacher(open_source(data), out, options, resume=resume, force=force, log=log)
@@ -135,6 +141,7 @@ def distill_cmd(
     lr: float = typer.Option(1e-3),
     patience: int = typer.Option(10),
     time_budget: Optional[float] = typer.Option(None, help="stop training after this many seconds"),
+    save_every: float = typer.Option(30.0, help="seconds between saves of the resume state (0: after every epoch)"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None),
     resume: bool = typer.Option(False),
@@ -152,7 +159,7 @@ def distill_cmd(
         head=head, hidden=hidden,
         alpha=alpha, margin=margin, clusters=_parse_clusters(clusters), max_clusters=max_clusters,
         false_negatives=false_neg, false_positives=false_pos, bit_mask=bit_mask, mask_rule=mask_rule,
-        augment=augment, seed=seed, fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed),
+        augment=augment, seed=seed, fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
     distill(open_source(data), teacher, out, options, resume=resume, force=force, log=log)
 
@@ -163,19 +170,31 @@ def encode_cmd(
     model: Path = typer.Option(..., "--model", help="teacher or student folder"),
     out: Path = typer.Option(..., "--out", help="codes file to write"),
     batch_size: int = typer.Option(128),
-    force: bool = typer.Option(False, help="overwrite an existing codes file"),
+    force: bool = typer.Option(False, help="overwrite an existing codes file (or discard an interrupted encode)"),
+    resume: bool = typer.Option(False, help="continue an interrupted encode of --out from its last batch"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="exit 0 even if some images could not be read (they are always skipped and listed)"),
     threads: Optional[int] = typer.Option(None),
 ) -> None:
-    """Encode a collection into a packed codes file (streamed; written atomically)."""
+    """Encode a collection into a packed codes file (streamed, resumable, written atomically).
+
+    Images that cannot be read are skipped and listed, with the reason, on stderr and in OUT.skipped.tsv;
+    the codes of the others are written either way, and the exit code is 3 unless --skip-bad is given.
+    """
     from .data import open_source
+    from .errors import DataError
     from .pipeline import encode_collection
     from .training.common import set_threads
 
     set_threads(threads)
     if batch_size < 1:
         raise BrcdError("--batch-size must be >= 1")
-    count = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, log=log)
-    log(f"wrote {count} codes to {out}")
+    result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log)
+    log(f"wrote {result.count} codes to {out}")
+    if result.skipped:
+        message = f"skipped {len(result.skipped)} unreadable image(s), listed in {result.skipped_file}"
+        if not skip_bad:
+            raise DataError(f"{message}; pass --skip-bad to accept skips")
+        log(message)
 
 
 @app.command("search")
@@ -188,7 +207,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Search a codes file with an image: rank, Hamming distance and id of the nearest codes."""
-    from .pipeline import search_image
+    from .pipeline import display_id, search_image
 
     if radius is None and k <= 0:
         raise BrcdError(f"-k must be positive, got {k}")
@@ -201,7 +220,7 @@ def search_cmd(
     if not hits:
         typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
     for h in hits:
-        typer.echo(f"{h.rank:>4}  {h.distance:>3}  {h.id}")
+        typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
 
 
 @app.command("evaluate")
@@ -273,20 +292,53 @@ def info_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
             typer.echo(f"{key}: {value}")
 
 
+def _click_exceptions():
+    """Click's exception classes: typer vendors click in newer releases and depends on it in older ones."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    if not hasattr(exceptions, "NoArgsIsHelpError"):
+        exceptions.NoArgsIsHelpError = type("NoArgsIsHelpError", (exceptions.UsageError,), {})
+    if not hasattr(exceptions, "Abort"):
+        exceptions.Abort = typer.Abort
+    return exceptions
+
+
 def main() -> None:
-    """Console entry point: user errors become one line and an exit code, never a traceback."""
+    """Console entry point: user errors become one line and an exit code, never a traceback.
+
+    Click's own usage errors (missing argument, bad option value) would print
+    three lines of usage; they are reduced to the same one-line form with
+    exit code 2, and ``--help`` shows the way to the full usage.
+    """
+    click = _click_exceptions()
     try:
         from .codes import CodesFileError
     except ImportError:  # pragma: no cover - the codes package is part of brcd
         CodesFileError = ()  # type: ignore[assignment,misc]
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "brcd"
+        typer.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
     except BrcdError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except CodesFileError as exc:  # type: ignore[misc]
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CODES_FILE)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; rerun with --resume to continue training", err=True)
+    except (KeyboardInterrupt, typer.Abort, click.Abort):
+        typer.echo("interrupted; rerun the same command with --resume to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code itself
+        typer.echo("interrupted; rerun the same command with --resume to continue", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
