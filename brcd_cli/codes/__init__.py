@@ -5,7 +5,8 @@ Layout and a numpy-only reader are documented in docs/codes-format.md.
 from __future__ import annotations
 
 from .header import CodesFileError
+from .merge import concatenate_codes
 from .reader import CodeIds, CodesFile, read_codes
 from .writer import CodesWriter, write_codes
 
-__all__ = ["CodeIds", "CodesFile", "CodesFileError", "CodesWriter", "read_codes", "write_codes"]
+__all__ = ["CodeIds", "CodesFile", "CodesFileError", "CodesWriter", "concatenate_codes", "read_codes", "write_codes"]

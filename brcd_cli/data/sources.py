@@ -55,6 +55,18 @@ class ImageSource:
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError) as exc:
             raise DataError(f"cannot read image {self.ids[i]!s}: {exc}") from None
 
+    def slice(self, lo: int, hi: int) -> "ImageSource":
+        """Items [lo, hi) as a source of their own (same name and recipe): one worker's shard."""
+        loader = self.loader
+        return ImageSource(
+            name=self.name,
+            ids=self.ids[lo:hi],
+            loader=lambda i: loader(lo + i),
+            labels=self.labels[lo:hi] if self.labels is not None else None,
+            class_names=self.class_names,
+            augment=self.augment,
+        )
+
     @property
     def labelled(self) -> bool:
         return self.labels is not None and self.labels.shape[0] == len(self.ids)

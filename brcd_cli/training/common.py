@@ -20,8 +20,10 @@ RUN_FILE = "run.json"
 
 
 def set_threads(threads: Optional[int]) -> None:
-    """Use every core by default; torch otherwise picks per-process defaults that may be lower."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    """Use every core by default (shared fairly among the processes torchrun starts on this machine);
+    torch otherwise picks per-process defaults that may be lower."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
 
 
 def prepare_out_dir(out_dir: Path, force: bool, resume: bool) -> None:
