@@ -33,6 +33,10 @@ def log(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _quiet(message: str) -> None:
+    """Workers other than rank 0 stay silent so that torchrun's output reads like one process's."""
+
+
 def _parse_clusters(value: str) -> Optional[int]:
     if value == "auto":
         return None
@@ -180,16 +184,26 @@ def encode_cmd(
     Images that cannot be read are skipped and listed, with the reason, on stderr and in OUT.skipped.tsv;
     the codes of the others are written either way, and the exit code is 3 unless --skip-bad is given.
     """
+    from . import distributed
     from .data import open_source
     from .errors import DataError
-    from .pipeline import encode_collection
+    from .pipeline import encode_collection, encode_distributed
     from .training.common import set_threads
 
     set_threads(threads)
     if batch_size < 1:
         raise BrcdError("--batch-size must be >= 1")
-    result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log)
-    log(f"wrote {result.count} codes to {out}")
+    world = distributed.init()
+    try:
+        if world.distributed:  # under torchrun: one shard per process, merged by rank 0
+            result = encode_distributed(open_source(images), model, out, world, batch_size=batch_size, overwrite=force,
+                                        resume=resume, log=log if world.is_main else _quiet)
+        else:
+            result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log)
+    finally:
+        distributed.shutdown(world)
+    if world.is_main:
+        log(f"wrote {result.count} codes to {out}")
     if result.skipped:
         message = f"skipped {len(result.skipped)} unreadable image(s), listed in {result.skipped_file}"
         if not skip_bad:
@@ -200,20 +214,32 @@ def encode_cmd(
 @app.command("search")
 def search_cmd(
     query: Path = typer.Argument(..., help="query image"),
-    codes: Path = typer.Option(..., "--codes", help="codes file from brcd encode"),
+    codes: Optional[list[Path]] = typer.Option(None, "--codes", help="codes file from brcd encode; repeat for shards (searched as one)"),
     model: Path = typer.Option(..., "--model", help="model that encodes the query (a student for ASHP)"),
     k: int = typer.Option(10, "-k", "--k", help="number of nearest codes"),
     radius: Optional[int] = typer.Option(None, help="return every code within this Hamming distance (inclusive) instead of -k"),
+    milvus: Optional[str] = typer.Option(None, "--milvus", help="search a Milvus collection (server URI or Milvus Lite .db file) instead of codes files"),
+    collection: Optional[str] = typer.Option(None, "--collection", help="Milvus collection (default: from brcd export milvus)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Search a codes file with an image: rank, Hamming distance and id of the nearest codes."""
-    from .pipeline import display_id, search_image
+    """Search codes files (or a Milvus collection) with an image: rank, Hamming distance and id of the nearest codes."""
+    from .pipeline import display_id, encode_query, search_image
 
     if radius is None and k <= 0:
         raise BrcdError(f"-k must be positive, got {k}")
     if radius is not None and radius < 0:
         raise BrcdError(f"--radius must be >= 0, got {radius}")
-    hits = search_image(query, codes, model, k=k, radius=radius)
+    if bool(codes) == bool(milvus):
+        raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
+    if milvus:
+        from .search.milvus import search_milvus
+
+        if not collection:
+            raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
+        packed, bits, space = encode_query(query, model)
+        hits = search_milvus(milvus, collection, packed, bits, space, k=k, radius=radius)[0]
+    else:
+        hits = search_image(query, codes if len(codes) > 1 else codes[0], model, k=k, radius=radius)
     if as_json:
         typer.echo(json.dumps({"query": str(query), "radius": radius, "k": None if radius is not None else k, "results": [h.to_dict() for h in hits]}))
         return
@@ -221,6 +247,24 @@ def search_cmd(
         typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
     for h in hits:
         typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export codes to a serving system.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("milvus")
+def export_milvus_cmd(
+    codes: Path = typer.Argument(..., help="codes file from brcd encode"),
+    uri: str = typer.Option(..., "--uri", help="Milvus server URI (http://host:19530) or a Milvus Lite .db file"),
+    collection: Optional[str] = typer.Option(None, "--collection", help="collection name (default: from the codes file name)"),
+    force: bool = typer.Option(False, help="replace an existing collection of that name"),
+) -> None:
+    """Load a codes file into Milvus as BINARY_VECTOR with HAMMING (BIN_FLAT: exact), for brcd search --milvus."""
+    from .search.milvus import export_codes
+
+    done = export_codes(codes, uri, collection, overwrite=force, log=log)
+    typer.echo(done["collection"])
 
 
 @app.command("evaluate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from .data import ImageSource, load_batch_tolerant, read_image_file, to_tensor
 from .encoding import packed_codes_of_images
 from .errors import BrcdError, DataError
 from .models import code_space_of, load_model
-from .search import Hit, check_compatible, knn, within_radius
+from .search import Hit, check_compatible, knn, merge_hits, within_radius
 
 
 @dataclass
@@ -104,6 +104,86 @@ def encode_collection(
     return EncodeResult(out=out, count=job.state.count, skipped=skipped, skipped_file=side if skipped else None, resumed_at=start)
 
 
+def shard_path(out: Path, rank: int, size: int) -> Path:
+    """Where rank ``rank`` of ``size`` writes its part of a sharded encode of ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.shard-{rank:03d}-of-{size:03d}")
+
+
+def encode_distributed(
+    source: ImageSource,
+    model_dir: Path,
+    out: Path,
+    world,
+    batch_size: int = 128,
+    overwrite: bool = False,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> EncodeResult:
+    """Encode under torchrun: each rank encodes a contiguous shard into its own codes file, then
+    rank 0 concatenates the shards in rank order into ``out`` (atomically) and removes them.
+
+    Contiguous shards in rank order reproduce the source order, so the result
+    is the file a single process would have written: every image once, none
+    missing. Each shard is staged and resumable like a normal encode, so
+    ``resume=True`` after a crash redoes only what no rank had committed.
+    """
+    from . import distributed
+    from .codes import concatenate_codes, read_codes
+    from .codes.partial import partial_dir, skipped_path
+    from .models.checkpoint import atomic_write_bytes
+
+    out = Path(out)
+    shard = shard_path(out, world.rank, world.size)
+    lo, hi = world.shard(len(source))
+
+    def check() -> None:
+        interrupted = any(shard_path(out, r, world.size).exists() or partial_dir(shard_path(out, r, world.size)).exists()
+                          for r in range(world.size))
+        if out.is_dir():
+            raise BrcdError(f"{out} is a folder; give a file name for the codes")
+        if out.exists() and not overwrite and not (resume and interrupted):
+            raise BrcdError(f"{out} exists; pass --force to overwrite it")
+
+    def encode_shard() -> tuple[int, list[tuple[str, str]]]:
+        if resume and shard.exists() and not partial_dir(shard).exists():
+            with read_codes(shard) as done:  # this shard had finished before the interruption
+                count = done.count
+            side = skipped_path(shard)
+            skipped = [tuple(line.split("\t", 1)) for line in side.read_text("utf-8", "surrogateescape").splitlines()[1:]] if side.exists() else []
+            return count, skipped
+        result = encode_collection(source.slice(lo, hi), model_dir, shard, batch_size=batch_size, overwrite=True,
+                                   resume=resume, log=log)
+        return result.count, result.skipped
+
+    distributed.agree(world, check)
+    count, skipped = distributed.agree(world, encode_shard)
+    outcomes = distributed.gather_objects(world, (count, skipped))
+    all_skipped = [item for _, part in outcomes for item in part]
+    total = sum(c for c, _ in outcomes)
+    side = skipped_path(out)
+
+    def merge() -> None:
+        if not world.is_main:
+            return
+        parts = [shard_path(out, r, world.size) for r in range(world.size)]
+        if total == 0:
+            raise DataError(f"none of the {len(source)} images could be read; {out} was not written")
+        _guard_write(out, lambda: concatenate_codes(parts, out, overwrite=True))
+        if all_skipped:
+            table = "".join(f"{i}\t{r}\n" for i, r in all_skipped).encode("utf-8", "surrogateescape")
+            atomic_write_bytes(side, b"id\treason\n" + table)
+        elif side.exists():
+            side.unlink()
+        for part in parts:
+            part.unlink(missing_ok=True)
+            skipped_path(part).unlink(missing_ok=True)
+        log(f"merged {world.size} shards into {out}")
+
+    distributed.agree(world, merge)
+    return EncodeResult(out=out, count=total, skipped=all_skipped, skipped_file=side if all_skipped else None)
+
+
 def _guard_write(out: Path, action: Callable[[], None]) -> None:
     """A full disk or a read-only folder is the user's to fix: one line, and the earlier file is untouched."""
     try:
@@ -132,17 +212,33 @@ def read_query_image(path: Path, size: int):
     return to_tensor(image, size).unsqueeze(0)
 
 
-def search_image(query: Path, codes_path: Path, model_dir: Path, k: int = 10, radius: Optional[int] = None) -> list[Hit]:
-    """Encode ``query`` with the model and rank the codes file against it."""
+def search_codes_file(packed: np.ndarray, codes_path: Path, model_bits: int, model_space: str, k: int = 10,
+                      radius: Optional[int] = None) -> list[Hit]:
+    """Rank one codes file against one packed query (shape (1, bits/8)); refuses another code space."""
     from .codes import read_codes
 
-    model, fingerprint = load_model(model_dir)
-    codes = read_codes(codes_path)
-    try:
-        check_compatible(codes.bits, codes.code_space, model.config.bits, code_space_of(model.config, fingerprint), str(codes_path))
-        packed = packed_codes_of_images(model, read_query_image(query, model.config.image_size))
+    with read_codes(codes_path) as codes:
+        check_compatible(codes.bits, codes.code_space, model_bits, model_space, str(codes_path))
         if radius is not None:
             return within_radius(packed, np.asarray(codes.codes), codes.ids, radius)[0]
         return knn(packed, np.asarray(codes.codes), codes.ids, k)[0]
-    finally:
-        codes.close()
+
+
+def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
+    """The packed code of a query image, with the model's bit length and code space."""
+    model, fingerprint = load_model(model_dir)
+    packed = packed_codes_of_images(model, read_query_image(query, model.config.image_size))
+    return packed, model.config.bits, code_space_of(model.config, fingerprint)
+
+
+def search_image(query: Path, codes_path: Union[Path, Sequence[Path]], model_dir: Path, k: int = 10,
+                 radius: Optional[int] = None) -> list[Hit]:
+    """Encode ``query`` with the model and rank one codes file, or several as if they were one (shards)."""
+    paths = [Path(codes_path)] if isinstance(codes_path, (str, os.PathLike)) else [Path(p) for p in codes_path]
+    if not paths:
+        raise BrcdError("give at least one codes file")
+    packed, bits, space = encode_query(query, model_dir)
+    if len(paths) == 1:
+        return search_codes_file(packed, paths[0], bits, space, k, radius)
+    per_file = [(str(p), search_codes_file(packed, p, bits, space, k, radius)) for p in paths]
+    return merge_hits(per_file, None if radius is not None else k)

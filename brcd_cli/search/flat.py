@@ -1,7 +1,8 @@
 """Exact search over a codes file by Hamming ranking (linear scan through the kernels)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -11,13 +12,34 @@ from ..errors import BrcdError
 
 @dataclass(frozen=True)
 class Hit:
+    """One result: its rank, its position in its codes file, its Hamming distance and its id.
+
+    ``file`` names the codes file when a search spans several.
+    """
+
     rank: int
     index: int
     distance: int
     id: str
+    file: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def merge_hits(per_file: Sequence[tuple[str, list[Hit]]], k: Optional[int] = None) -> list[Hit]:
+    """Exact merge of per-file results, as if the files were one file in the given order.
+
+    Each file's list is already sorted by (distance, index); sorting the union
+    by (distance, file position, index) and keeping the first k gives exactly
+    the top k of the concatenation, because any global top-k hit is within its
+    own file's top k.
+    """
+    tagged = [(h.distance, position, h.index, name, h) for position, (name, hits) in enumerate(per_file) for h in hits]
+    tagged.sort(key=lambda t: t[:3])
+    if k is not None:
+        tagged = tagged[:k]
+    return [replace(h, rank=r + 1, file=name) for r, (_, _, _, name, h) in enumerate(tagged)]
 
 
 def check_compatible(codes_bits: int, codes_space: str, model_bits: int, model_space: str, codes_path: str) -> None:
