@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -31,6 +32,18 @@ EXIT_CODES_FILE = 5
 def log(message: str) -> None:
     """Progress and notes go to stderr so that --json output on stdout stays machine-readable."""
     typer.echo(message, err=True)
+
+
+@contextmanager
+def _workers() -> Iterator[Any]:
+    """Join torchrun's process group when launched by it (a world of one otherwise), and leave it after."""
+    from . import distributed
+
+    world = distributed.init()
+    try:
+        yield world
+    finally:
+        distributed.shutdown(world)
 
 
 def _quiet(message: str) -> None:
@@ -99,7 +112,8 @@ def train_teacher_cmd(
         fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
     _check_common(bits, image_size, augment, head, hidden)
-    train_teacher(open_source(data), out, options, resume=resume, force=force, log=log)
+    with _workers() as world:  # one process, or one of several under torchrun
+        train_teacher(open_source(data), out, options, resume=resume, force=force, log=log if world.is_main else _quiet)
 
 
 def _check_common(bits: int, image_size: int, augment: Optional[str], head: str = "linear", hidden: int = 1) -> None:
@@ -165,7 +179,8 @@ def distill_cmd(
         false_negatives=false_neg, false_positives=false_pos, bit_mask=bit_mask, mask_rule=mask_rule,
         augment=augment, seed=seed, fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
-    distill(open_source(data), teacher, out, options, resume=resume, force=force, log=log)
+    with _workers() as world:
+        distill(open_source(data), teacher, out, options, resume=resume, force=force, log=log if world.is_main else _quiet)
 
 
 @app.command("encode")
@@ -184,7 +199,6 @@ def encode_cmd(
     Images that cannot be read are skipped and listed, with the reason, on stderr and in OUT.skipped.tsv;
     the codes of the others are written either way, and the exit code is 3 unless --skip-bad is given.
     """
-    from . import distributed
     from .data import open_source
     from .errors import DataError
     from .pipeline import encode_collection, encode_distributed
@@ -193,15 +207,12 @@ def encode_cmd(
     set_threads(threads)
     if batch_size < 1:
         raise BrcdError("--batch-size must be >= 1")
-    world = distributed.init()
-    try:
+    with _workers() as world:
         if world.distributed:  # under torchrun: one shard per process, merged by rank 0
             result = encode_distributed(open_source(images), model, out, world, batch_size=batch_size, overwrite=force,
                                         resume=resume, log=log if world.is_main else _quiet)
         else:
             result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log)
-    finally:
-        distributed.shutdown(world)
     if world.is_main:
         log(f"wrote {result.count} codes to {out}")
     if result.skipped:

@@ -80,6 +80,22 @@ def init(world: Optional[World] = None) -> World:
     return world
 
 
+def current() -> World:
+    """The World of this process if it has joined a process group, else a world of one."""
+    return world_from_env() if dist.is_available() and dist.is_initialized() else World()
+
+
+def any_rank(world: World, flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any: decisions such as stopping must be taken together."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def device_of(world: World) -> torch.device:
     """The device this rank computes on: its own GPU under nccl, else the CPU."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
@@ -133,8 +149,29 @@ def agree(world: World, action: Callable[[], T]) -> T:
     return result
 
 
+class _GatherRows(torch.autograd.Function):
+    """all_gather with a backward pass: each rank gets back the gradient of its own rows, summed over ranks.
+
+    Written with all_reduce rather than reduce_scatter because gloo (the CPU
+    backend) has no reduce_scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd protocol
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def all_gather_with_grad(world: World, tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows in rank order, keeping the autograd graph.
+    """Concatenate every rank's rows (equal counts) in rank order, keeping the autograd graph.
 
     The backward pass sends each rank the gradient of its own rows, summed
     over the ranks' losses, so a loss computed on the gathered batch trains as
@@ -142,9 +179,7 @@ def all_gather_with_grad(world: World, tensor: torch.Tensor) -> torch.Tensor:
     """
     if not world.distributed:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()))
+    return _GatherRows.apply(tensor)
 
 
 def shutdown(world: World) -> None:

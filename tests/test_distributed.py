@@ -161,3 +161,23 @@ def test_milvus_refuses_queries_from_another_code_space(teacher: Path, tmp_path:
     assert code == 1 and "another code space" in err.strip().splitlines()[-1]
     code, _, err = run_cli(["search", str(query), "--milvus", uri, "--collection", "nope", "--model", str(teacher)], capsys)
     assert code == 1 and "no collection nope" in err.strip().splitlines()[-1]
+
+
+def _epoch_losses(text: str) -> list[float]:
+    return [float(line.split("loss ")[1].split()[0]) for line in text.splitlines() if line.startswith("epoch ")]
+
+
+def test_two_process_training_matches_one_process(tmp_path: Path):
+    """gloo, 2 processes, same global batch: the same loss per epoch (frozen backbone, so no per-process BatchNorm)."""
+    args = ["train-teacher", "synthetic:96", "--arch", TINY_ARCH, "--bits", "16", "--image-size", "16", "--pretrained", "none",
+            "--freeze-backbone", "--epochs", "3", "--batch-size", "32", "--threads", "1"]
+    one = subprocess.run([sys.executable, "-m", "brcd_cli", *args, "--out", str(tmp_path / "one")],
+                         env=_env(), capture_output=True, timeout=180)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brcd_cli",
+                          *args, "--out", str(tmp_path / "two")], env=_env(), capture_output=True, timeout=180)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr.decode()[-2000:]
+    single, parallel = _epoch_losses(one.stderr.decode()), _epoch_losses(two.stderr.decode())
+    assert len(single) == 3 and parallel == pytest.approx(single, abs=1e-3)
+    assert "data-parallel training on 2 processes" in two.stderr.decode()
+    assert two.stderr.decode().count("teacher saved to") == 1  # rank 0 speaks for all
+    assert (tmp_path / "two" / "config.json").is_file()

@@ -6,8 +6,9 @@ travel with the checkpoint.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import timm
 import torch
@@ -144,6 +145,33 @@ class HashModel(nn.Module):
         return self.backbone((images - self.mean) / self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits h of float images in [0, 1].
+
+        While a data-parallel forward is installed (multi-process training,
+        see :meth:`data_parallel`), each process computes only its share of
+        the rows and the logits of the whole batch come back, so losses need
+        no change to see every process's negatives.
+        """
+        parallel = self.__dict__.get("_parallel_forward")
+        if parallel is not None:
+            return parallel(images)
+        return self.local_forward(images)
+
+    @contextmanager
+    def data_parallel(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Route ``forward`` through ``forward`` (e.g. a sharded DistributedDataParallel call) for a block.
+
+        Kept out of the module tree on purpose (``__dict__``), so it never
+        appears in ``state_dict`` or ``parameters``.
+        """
+        self.__dict__["_parallel_forward"] = forward
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_parallel_forward", None)
+
+    def local_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of exactly these images in this process."""
         if self.config.freeze_backbone:
             with torch.no_grad():
                 feats = self.features(images)

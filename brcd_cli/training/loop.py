@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from ..data import Augmenter
+from .. import distributed
 from ..errors import BrcdError
 from ..models import HashModel
 
@@ -105,6 +106,7 @@ def fit(
 
     Ctrl-C saves the state of the last finished epoch and raises :class:`Interrupted`.
     """
+    world = distributed.current()
     n = images.shape[0]
     batch = min(options.batch_size, n)
     if batch < 2:
@@ -125,14 +127,33 @@ def fit(
         log(f"nothing to resume in {out_dir}; starting afresh")
 
     def save() -> None:
-        _save_resume(resume_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **asdict(st)})
+        if world.is_main:  # every rank holds the same state; one writer is enough
+            _save_resume(resume_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **asdict(st)})
+
+    parallel = None
+    if world.distributed:
+        from .data_parallel import ShardedForward
+
+        parallel = ShardedForward(model, world)
+        log(f"data-parallel training on {world.size} processes; global batch {batch}, "
+            f"about {batch // world.size} images per process per step")
+
+    def run_step(idx: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        if parallel is None:
+            return step(idx, v1, v2)
+        with model.data_parallel(parallel):
+            return step(idx, v1, v2)
+
+    def out_of_time(spent: float) -> bool:
+        over = options.time_budget is not None and spent >= options.time_budget
+        return distributed.any_rank(world, over) if options.time_budget is not None else False
 
     stopped = "epochs"
     last_save = time.monotonic()
     label = "val mAP" if validate is not None else "-loss"
     try:
         while st.epoch < options.epochs:
-            if options.time_budget is not None and st.elapsed >= options.time_budget:
+            if out_of_time(st.elapsed):
                 stopped = "time-budget"
                 break
             model.train()
@@ -143,17 +164,20 @@ def fit(
             for start in range(0, n - batch + 1, batch):
                 idx = order[start : start + batch]
                 x = images[idx].float().div_(255.0)
-                loss = step(idx, augmenter(x, gen), augmenter(x, gen))
+                loss = run_step(idx, augmenter(x, gen), augmenter(x, gen))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach())
                 steps += 1
-                if options.time_budget is not None and st.elapsed + time.monotonic() - t0 >= options.time_budget:
+                if out_of_time(st.elapsed + time.monotonic() - t0):
                     stopped = "time-budget"
                     break
             mean_loss = total / max(steps, 1)
-            score = validate(model) if validate is not None else -mean_loss
+            if validate is not None:  # rank 0 validates; all ranks take its score, so they stop together
+                score = distributed.broadcast(world, validate(model) if world.is_main else 0.0)
+            else:
+                score = -mean_loss
             st.elapsed += time.monotonic() - t0
             st.epoch += 1
             st.history.append({"epoch": st.epoch, "loss": mean_loss, "score": score, "seconds": st.elapsed})
@@ -164,7 +188,7 @@ def fit(
             else:
                 st.bad_epochs += 1
             log(f"epoch {st.epoch}: loss {mean_loss:.4f}  {label} {score:.4f}{'  *' if improved else ''}  ({st.elapsed:.0f}s)")
-            if time.monotonic() - last_save >= options.save_every:
+            if distributed.broadcast(world, time.monotonic() - last_save >= options.save_every):
                 save()
                 last_save = time.monotonic()
             if stopped == "time-budget":
