@@ -47,7 +47,7 @@ def encode_collection(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .codes.partial import PartialCodes, job_digest, skipped_path
+    from .codes.partial import PartialCodes, job_digest, write_skipped
 
     out = Path(out)
     if batch_size < 1:
@@ -92,16 +92,9 @@ def encode_collection(
         job.discard()
         first = skipped[0][1] if skipped else "unknown reason"
         raise DataError(f"none of the {len(source)} images could be read (first reason: {first}); {out} was not written")
-    side = skipped_path(out)
     _guard_write(out, job.finish)
-    if skipped:
-        from .models.checkpoint import atomic_write_bytes
-
-        table = "".join(f"{i}\t{r}\n" for i, r in skipped).encode("utf-8", "surrogateescape")
-        atomic_write_bytes(side, b"id\treason\n" + table)
-    elif side.exists():
-        side.unlink()  # it described an earlier run of this output
-    return EncodeResult(out=out, count=job.state.count, skipped=skipped, skipped_file=side if skipped else None, resumed_at=start)
+    side = write_skipped(out, skipped)
+    return EncodeResult(out=out, count=job.state.count, skipped=skipped, skipped_file=side, resumed_at=start)
 
 
 def shard_path(out: Path, rank: int, size: int) -> Path:
@@ -130,8 +123,7 @@ def encode_distributed(
     """
     from . import distributed
     from .codes import concatenate_codes, read_codes
-    from .codes.partial import partial_dir, skipped_path
-    from .models.checkpoint import atomic_write_bytes
+    from .codes.partial import partial_dir, read_skipped, skipped_path, write_skipped
 
     out = Path(out)
     shard = shard_path(out, world.rank, world.size)
@@ -149,9 +141,7 @@ def encode_distributed(
         if resume and shard.exists() and not partial_dir(shard).exists():
             with read_codes(shard) as done:  # this shard had finished before the interruption
                 count = done.count
-            side = skipped_path(shard)
-            skipped = [tuple(line.split("\t", 1)) for line in side.read_text("utf-8", "surrogateescape").splitlines()[1:]] if side.exists() else []
-            return count, skipped
+            return count, read_skipped(shard)
         result = encode_collection(source.slice(lo, hi), model_dir, shard, batch_size=batch_size, overwrite=True,
                                    resume=resume, log=log)
         return result.count, result.skipped
@@ -161,27 +151,22 @@ def encode_distributed(
     outcomes = distributed.gather_objects(world, (count, skipped))
     all_skipped = [item for _, part in outcomes for item in part]
     total = sum(c for c, _ in outcomes)
-    side = skipped_path(out)
-
-    def merge() -> None:
+    def merge() -> Optional[Path]:
         if not world.is_main:
-            return
+            return None
         parts = [shard_path(out, r, world.size) for r in range(world.size)]
         if total == 0:
             raise DataError(f"none of the {len(source)} images could be read; {out} was not written")
         _guard_write(out, lambda: concatenate_codes(parts, out, overwrite=True))
-        if all_skipped:
-            table = "".join(f"{i}\t{r}\n" for i, r in all_skipped).encode("utf-8", "surrogateescape")
-            atomic_write_bytes(side, b"id\treason\n" + table)
-        elif side.exists():
-            side.unlink()
+        side = write_skipped(out, all_skipped)
         for part in parts:
             part.unlink(missing_ok=True)
             skipped_path(part).unlink(missing_ok=True)
         log(f"merged {world.size} shards into {out}")
+        return side
 
-    distributed.agree(world, merge)
-    return EncodeResult(out=out, count=total, skipped=all_skipped, skipped_file=side if all_skipped else None)
+    side = distributed.agree(world, merge)
+    return EncodeResult(out=out, count=total, skipped=all_skipped, skipped_file=skipped_path(out) if all_skipped else side)
 
 
 def _guard_write(out: Path, action: Callable[[], None]) -> None:

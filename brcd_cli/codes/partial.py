@@ -49,6 +49,31 @@ def skipped_path(out: Path) -> Path:
     return out.with_name(out.name + ".skipped.tsv")
 
 
+def write_skipped(out: Path, skipped: Sequence[tuple[str, str]]) -> Optional[Path]:
+    """Record the items an encode of ``out`` skipped beside it (a TSV with a header line), atomically.
+
+    With nothing skipped, a list left by an earlier encode of ``out`` is
+    removed, since it would describe another file. Returns the list's path, or None.
+    """
+    from ..models.checkpoint import atomic_write_bytes
+
+    side = skipped_path(out)
+    if not skipped:
+        side.unlink(missing_ok=True)
+        return None
+    atomic_write_bytes(side, b"id\treason\n" + _tsv_rows(skipped))
+    return side
+
+
+def read_skipped(out: Path) -> list[tuple[str, str]]:
+    """The (id, reason) pairs :func:`write_skipped` recorded for ``out``; empty when there is no list."""
+    side = skipped_path(out)
+    if not side.exists():
+        return []
+    lines = side.read_bytes().decode("utf-8", "surrogateescape").splitlines()[1:]
+    return [tuple(line.split("\t", 1)) for line in lines]  # type: ignore[misc]
+
+
 def job_digest(ids: Sequence[str], description: dict[str, Any]) -> str:
     """sha256 over the item ids and the job description: a resume must continue the same job."""
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode("utf-8"))
@@ -136,7 +161,7 @@ class PartialCodes:
         if packed.shape[0] != len(ids):
             raise ValueError(f"got {packed.shape[0]} codes but {len(ids)} ids")
         raw_ids = b"".join(len(b).to_bytes(4, "little") + b for b in map(encode_id, ids))
-        raw_skips = "".join(f"{_one_line(i)}\t{_one_line(r)}\n" for i, r in skipped).encode("utf-8", "surrogateescape")
+        raw_skips = _tsv_rows(skipped)
         self._handles["codes.u8"].write(np.ascontiguousarray(packed, dtype=np.uint8).tobytes())
         self._handles["ids.bin"].write(raw_ids)
         self._handles["skipped.tsv"].write(raw_skips)
@@ -186,6 +211,11 @@ class PartialCodes:
             "version": STATE_VERSION, "bits": self.bits, "producer": self.producer, "digest": self.digest,
             "total": self.total, "replace_existing": self.replace_existing, **self.state.__dict__,
         })
+
+
+def _tsv_rows(skipped: Sequence[tuple[str, str]]) -> bytes:
+    """id TAB reason lines; file names that are not UTF-8 keep their bytes."""
+    return "".join(f"{_one_line(i)}\t{_one_line(r)}\n" for i, r in skipped).encode("utf-8", "surrogateescape")
 
 
 def _one_line(text: str) -> str:
