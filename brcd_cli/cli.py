@@ -312,7 +312,7 @@ def evaluate_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("brcd-demo"), "--out", help="folder for the teacher, students and codes file"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    budget: float = typer.Option(1.0, help="scale the training time budgets (1.0 = about 8 minutes in all)"),
+    budget: float = typer.Option(1.0, help="scale the training (epochs and time caps; 1.0 = about 7 minutes on 2 cores)"),
     threads: Optional[int] = typer.Option(None),
 ) -> None:
     """The whole pipeline on the embedded digits: teacher, BRCD student, student alone, encode, evaluate, search."""
