@@ -1,136 +1,64 @@
 // Native CPU Hamming kernels for brcd (Python module brcd_cli._hamming_cpu).
 //
 // Packed codes are uint8 rows of nb bytes (bit i of a code is bit i%8 of byte
-// i/8). Rows are read as 64-bit words through memcpy, so any alignment is fine,
-// and a row's last nb%8 bytes are folded into one extra partial word. Byte
-// order inside a word does not matter: only popcounts of xor/and of words that
-// were loaded the same way are ever used.
+// i/8). Rows are read as 64-bit words (a row's last nb%8 bytes are folded into
+// one zero-padded word), so any width that is a multiple of 8 bits works and
+// any alignment is fine. Byte order inside a word does not matter: only
+// popcounts of xor/and of words loaded the same way are ever used.
 //
-// The binary must run on baseline x86-64, so every kernel is built twice: once
-// inside functions carrying __attribute__((target("popcnt"))) (the POPCNT
-// instruction) and once for the baseline (a branch-free bit-twiddling count).
-// The choice is made at run time from __builtin_cpu_supports("popcnt"). All the
-// per-query code is always_inline templates, so each variant is compiled with
-// its own target options. Non-x86 builds have a single portable variant.
-//
-// Each operation is written as "process queries [q0, q1)" with its own scratch
-// buffers; the Python-facing functions call it once on the whole range with the
-// GIL released. Splitting that range across threads later needs no change to
-// the kernels themselves.
+// Structure of a search (k-NN, range, all-pairs distances):
+//   * the database is cut into contiguous parts (one per thread when there are
+//     too few queries to keep every thread busy) and each part into tiles of
+//     about 256 KiB that stay in L2 while a block of queries scans them;
+//   * a tile is scanned by one of the instruction-set variants of
+//     hamming_scan.h, chosen at run time from the CPU's features (override
+//     with the environment variable BRCD_SIMD=avx512|avx2|popcnt|scalar);
+//   * k-NN and range search stream (distance, index) pairs into an exact
+//     Selector (hamming_select.h): a threshold over integer distances rejects
+//     almost every code with one compare, and ties go to the smaller index;
+//   * parts of the same query are merged exactly at the end.
+// Threads are plain std::threads started per call (the calling thread works
+// too), so they never touch torch's or numba's OpenMP pools; the GIL is
+// released while they run, and numpy inputs are read in place.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
 #include <atomic>
-#include <cstdint>
-#include <cstring>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
+
+#include "hamming_scan.h"
 
 namespace py = pybind11;
 
 // Bumped whenever the Python-visible API changes, so that a stale build left
 // over from an older checkout is reported instead of half-working.
-static constexpr int kApiVersion = 1;
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define BRCD_X86_64 1
-#else
-#define BRCD_X86_64 0
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define BRCD_INLINE inline __attribute__((always_inline))
-#else
-#define BRCD_INLINE inline
-#endif
-
-#if BRCD_X86_64 && (defined(__GNUC__) || defined(__clang__))
-#define BRCD_POPCNT_VARIANT 1
-#define BRCD_TARGET_POPCNT __attribute__((target("popcnt")))
-#else
-#define BRCD_POPCNT_VARIANT 0
-#endif
+static constexpr int kApiVersion = 2;
 
 namespace {
 
-// ---------------------------------------------------------------------------
-// Popcount policies
-// ---------------------------------------------------------------------------
+using brcd::load_tail;
+using brcd::load_word;
+using brcd::Selector;
+using brcd::Tile;
 
-// Baseline count. On x86-64 without POPCNT, __builtin_popcountll would become a
-// library call, so count bits by hand; other 64-bit targets (e.g. AArch64) have
-// a fast baseline instruction behind the builtin.
-struct PopPortable {
-    static BRCD_INLINE uint32_t count(uint64_t x) {
-#if (defined(__GNUC__) || defined(__clang__)) && !BRCD_X86_64
-        return static_cast<uint32_t>(__builtin_popcountll(x));
-#else
-        x = x - ((x >> 1) & 0x5555555555555555ULL);
-        x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-        x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-        return static_cast<uint32_t>((x * 0x0101010101010101ULL) >> 56);
-#endif
-    }
+struct Packed {
+    const uint8_t* data;
+    size_t n;   // rows
+    size_t nb;  // bytes per row
+    const uint8_t* row(size_t i) const { return data + i * nb; }
 };
 
-#if BRCD_POPCNT_VARIANT
-// Only ever inlined into functions compiled with target("popcnt").
-struct PopHardware {
-    static BRCD_INLINE uint32_t count(uint64_t x) { return static_cast<uint32_t>(__builtin_popcountll(x)); }
-};
-#endif
-
-BRCD_INLINE uint64_t load_word(const uint8_t* p) {
-    uint64_t v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-// The last nb % 8 bytes of a row as one word (missing bytes are zero).
-BRCD_INLINE uint64_t load_tail(const uint8_t* p, size_t n_bytes) {
-    uint64_t v = 0;
-    for (size_t b = 0; b < n_bytes; ++b) v |= static_cast<uint64_t>(p[b]) << (8 * b);
-    return v;
-}
-
 // ---------------------------------------------------------------------------
-// Distance functors: built once per query, then applied to every database row.
+// Masked similarity of packed codes (a dense output of q x n floats, so it is
+// bound by writing the output; a scalar loop per variant is enough)
 // ---------------------------------------------------------------------------
-
-// Codes of exactly NW whole words (64, 128, 256, 512 bits): the query lives in
-// registers and the word loop is unrolled.
-template <class Pop, size_t NW>
-struct FixedDistance {
-    uint64_t qw[NW];
-    FixedDistance(const uint8_t* q, size_t /*nb*/) {
-        for (size_t w = 0; w < NW; ++w) qw[w] = load_word(q + 8 * w);
-    }
-    BRCD_INLINE uint32_t operator()(const uint8_t* row) const {
-        uint32_t d = 0;
-        for (size_t w = 0; w < NW; ++w) d += Pop::count(qw[w] ^ load_word(row + 8 * w));
-        return d;
-    }
-};
-
-// Any byte width: whole words, then the tail word.
-template <class Pop>
-struct GenericDistance {
-    const uint8_t* q;
-    size_t n_words, tail;
-    uint64_t q_tail;
-    GenericDistance(const uint8_t* q_, size_t nb) : q(q_), n_words(nb / 8), tail(nb % 8) {
-        q_tail = load_tail(q + 8 * n_words, tail);
-    }
-    BRCD_INLINE uint32_t operator()(const uint8_t* row) const {
-        uint32_t d = 0;
-        for (size_t w = 0; w < n_words; ++w) d += Pop::count(load_word(q + 8 * w) ^ load_word(row + 8 * w));
-        if (tail) d += Pop::count(q_tail ^ load_tail(row + 8 * n_words, tail));
-        return d;
-    }
-};
 
 // Number of mismatching bits inside a mask: popcount((q ^ row) & mask).
 template <class Pop, size_t NW>
@@ -168,160 +96,6 @@ struct GenericMaskedCount {
     }
 };
 
-// Calls BODY(Functor) with the functor type specialised for the byte width.
-#define BRCD_WIDTH_SWITCH(NB, FIXED, GENERIC, BODY) \
-    switch (NB) {                                   \
-        case 8: BODY(FIXED<1>); break;              \
-        case 16: BODY(FIXED<2>); break;             \
-        case 32: BODY(FIXED<4>); break;             \
-        case 64: BODY(FIXED<8>); break;             \
-        default: BODY(GENERIC); break;              \
-    }
-
-// ---------------------------------------------------------------------------
-// Jobs and per-query kernels
-// ---------------------------------------------------------------------------
-
-struct Packed {
-    const uint8_t* data;
-    size_t n;   // rows
-    size_t nb;  // bytes per row
-    const uint8_t* row(size_t i) const { return data + i * nb; }
-};
-
-// Reusable per-worker buffers (one set per thread once the loops are threaded).
-struct Scratch {
-    std::vector<uint32_t> dist;  // n database distances of the current query
-    std::vector<uint64_t> hist;  // histograms over distances 0..L
-};
-
-struct RadiusResult {
-    std::vector<int64_t> counts;  // hits per query of the range
-    std::vector<int32_t> dist;
-    std::vector<int64_t> ids;
-};
-
-constexpr size_t kHistCopies = 4;  // independent histograms break store-to-load chains on repeated bins
-
-template <class Dist>
-BRCD_INLINE void distance_row(const uint8_t* q, const Packed& db, int32_t* out) {
-    const size_t n = db.n, nb = db.nb;
-    const Dist dist(q, nb);
-    const uint8_t* row = db.data;
-    for (size_t j = 0; j < n; ++j, row += nb) out[j] = static_cast<int32_t>(dist(row));
-}
-
-// k nearest by counting selection: histogram the distances, find the distance t
-// at which the running count reaches k, then place hits in one pass in index
-// order, so ties come out by index and no sort is needed. Requires 1 <= k <= n.
-// True when some value of block[0..kScanBlock) is <= t. Branch-free so that the
-// compiler can vectorise it: for values < 2^31, d - (t + 1) has its top bit set
-// exactly when d <= t.
-constexpr size_t kScanBlock = 16;
-BRCD_INLINE bool block_has_le(const uint32_t* block, uint32_t t) {
-    uint32_t any = 0;
-    for (size_t b = 0; b < kScanBlock; ++b) any |= block[b] - (t + 1);
-    return (any >> 31) != 0;
-}
-
-template <class Dist>
-BRCD_INLINE void knn_query(const uint8_t* q, const Packed& db, size_t k, Scratch& s, int32_t* out_d, int64_t* out_i) {
-    // Locals, not db.n / db.nb: the histogram stores could alias them and force reloads.
-    const size_t n = db.n, nb = db.nb;
-    const size_t bins = 8 * nb + 1;
-    uint32_t* const dist_buf = s.dist.data();
-    uint64_t* const h = s.hist.data();
-    std::fill(h, h + kHistCopies * bins, uint64_t{0});
-    const Dist dist(q, nb);
-    const uint8_t* row = db.data;
-    size_t j = 0;
-    for (; j + kHistCopies <= n; j += kHistCopies, row += kHistCopies * nb) {
-        const uint32_t d0 = dist(row), d1 = dist(row + nb), d2 = dist(row + 2 * nb), d3 = dist(row + 3 * nb);
-        dist_buf[j] = d0;
-        dist_buf[j + 1] = d1;
-        dist_buf[j + 2] = d2;
-        dist_buf[j + 3] = d3;
-        ++h[d0];
-        ++h[bins + d1];
-        ++h[2 * bins + d2];
-        ++h[3 * bins + d3];
-    }
-    for (; j < n; ++j, row += nb) {
-        const uint32_t d = dist(row);
-        dist_buf[j] = d;
-        ++h[d];
-    }
-    for (size_t v = 0; v < bins; ++v) h[v] += h[bins + v] + h[2 * bins + v] + h[3 * bins + v];
-
-    size_t below = 0, t = 0;
-    while (below + h[t] < k) below += h[t++];
-    size_t start = 0;
-    for (size_t v = 0; v <= t; ++v) {
-        const size_t c = h[v];
-        h[v] = start;
-        start += c;
-    }
-    const uint32_t tt = static_cast<uint32_t>(t);
-    size_t placed = 0;
-    for (size_t j0 = 0; j0 < n && placed < k; j0 += kScanBlock) {
-        const size_t j1 = std::min(n, j0 + kScanBlock);
-        if (j1 - j0 == kScanBlock && !block_has_le(dist_buf + j0, tt)) continue;
-        for (j = j0; j < j1; ++j) {
-            const uint32_t d = dist_buf[j];
-            if (d <= tt) {
-                const size_t p = h[d];
-                if (p < k) {  // only ever false inside the distance-t group, once it is full
-                    out_d[p] = static_cast<int32_t>(d);
-                    out_i[p] = static_cast<int64_t>(j);
-                    h[d] = p + 1;
-                    if (++placed == k) break;
-                }
-            }
-        }
-    }
-}
-
-// All hits with distance <= r (r <= L), appended in (distance, index) order.
-template <class Dist>
-BRCD_INLINE void radius_query(const uint8_t* q, const Packed& db, uint32_t r, Scratch& s, RadiusResult& res) {
-    const size_t n = db.n, nb = db.nb;
-    uint32_t* const dist_buf = s.dist.data();
-    uint64_t* const h = s.hist.data();
-    std::fill(h, h + r + 1, uint64_t{0});
-    const Dist dist(q, nb);
-    const uint8_t* row = db.data;
-    for (size_t j = 0; j < n; ++j, row += nb) {
-        const uint32_t d = dist(row);
-        dist_buf[j] = d;
-        if (d <= r) ++h[d];
-    }
-    const size_t base = res.dist.size();
-    size_t start = base;
-    for (size_t v = 0; v <= r; ++v) {
-        const size_t c = h[v];
-        h[v] = start;
-        start += c;
-    }
-    res.counts.push_back(static_cast<int64_t>(start - base));
-    if (start == base) return;
-    res.dist.resize(start);
-    res.ids.resize(start);
-    int32_t* const od = res.dist.data();
-    int64_t* const oi = res.ids.data();
-    for (size_t j0 = 0; j0 < n; j0 += kScanBlock) {
-        const size_t j1 = std::min(n, j0 + kScanBlock);
-        if (j1 - j0 == kScanBlock && !block_has_le(dist_buf + j0, r)) continue;
-        for (size_t j = j0; j < j1; ++j) {
-            const uint32_t d = dist_buf[j];
-            if (d <= r) {
-                const size_t p = h[d]++;
-                od[p] = static_cast<int32_t>(d);
-                oi[p] = static_cast<int64_t>(j);
-            }
-        }
-    }
-}
-
 template <class Count>
 BRCD_INLINE void masked_row(const uint8_t* q, const uint8_t* m, uint32_t w, const Packed& db, float* out) {
     if (w == 0) {
@@ -339,134 +113,366 @@ BRCD_INLINE void masked_row(const uint8_t* q, const uint8_t* m, uint32_t w, cons
     }
 }
 
-// ---------------------------------------------------------------------------
-// Range kernels, one set per popcount policy
-// ---------------------------------------------------------------------------
+
+template <class Count>
+BRCD_INLINE void masked_rows(const Packed& qs, const Packed& db, const Packed& masks, const uint32_t* weights,
+                             float* out, size_t q0, size_t q1) {
+    const bool shared = masks.n == 1;
+    for (size_t i = q0; i < q1; ++i) {
+        const size_t mi = shared ? 0 : i;
+        masked_row<Count>(qs.row(i), masks.row(mi), weights[mi], db, out + i * db.n);
+    }
+}
 
 template <class Pop>
-struct Kernels {
-    template <size_t NW>
-    using FD = FixedDistance<Pop, NW>;
-    using GD = GenericDistance<Pop>;
-    template <size_t NW>
-    using FM = FixedMaskedCount<Pop, NW>;
-    using GM = GenericMaskedCount<Pop>;
-
-    static BRCD_INLINE void hamming(const Packed& qs, const Packed& db, int32_t* out, size_t q0, size_t q1) {
-#define BRCD_BODY(D) \
-    for (size_t i = q0; i < q1; ++i) distance_row<D>(qs.row(i), db, out + i * db.n)
-        BRCD_WIDTH_SWITCH(db.nb, FD, GD, BRCD_BODY)
-#undef BRCD_BODY
+BRCD_INLINE void masked_range(const Packed& qs, const Packed& db, const Packed& masks, const uint32_t* weights,
+                              float* out, size_t q0, size_t q1) {
+    switch (db.nb) {
+        case 8: masked_rows<FixedMaskedCount<Pop, 1>>(qs, db, masks, weights, out, q0, q1); break;
+        case 16: masked_rows<FixedMaskedCount<Pop, 2>>(qs, db, masks, weights, out, q0, q1); break;
+        case 32: masked_rows<FixedMaskedCount<Pop, 4>>(qs, db, masks, weights, out, q0, q1); break;
+        case 64: masked_rows<FixedMaskedCount<Pop, 8>>(qs, db, masks, weights, out, q0, q1); break;
+        default: masked_rows<GenericMaskedCount<Pop>>(qs, db, masks, weights, out, q0, q1); break;
     }
+}
 
-    static BRCD_INLINE void knn(const Packed& qs, const Packed& db, size_t k, Scratch& s, int32_t* out_d,
-                                int64_t* out_i, size_t q0, size_t q1) {
-#define BRCD_BODY(D) \
-    for (size_t i = q0; i < q1; ++i) knn_query<D>(qs.row(i), db, k, s, out_d + i * k, out_i + i * k)
-        BRCD_WIDTH_SWITCH(db.nb, FD, GD, BRCD_BODY)
-#undef BRCD_BODY
+template <class Pop>
+BRCD_INLINE void popcount_rows(const Packed& rows, uint32_t* out) {
+    for (size_t i = 0; i < rows.n; ++i) {
+        const uint8_t* p = rows.row(i);
+        uint32_t c = 0;
+        size_t w = 0;
+        for (; w + 8 <= rows.nb; w += 8) c += Pop::count(load_word(p + w));
+        c += Pop::count(load_tail(p + w, rows.nb - w));
+        out[i] = c;
     }
+}
 
-    static BRCD_INLINE void radius(const Packed& qs, const Packed& db, uint32_t r, Scratch& s, RadiusResult& res,
-                                   size_t q0, size_t q1) {
-#define BRCD_BODY(D) \
-    for (size_t i = q0; i < q1; ++i) radius_query<D>(qs.row(i), db, r, s, res)
-        BRCD_WIDTH_SWITCH(db.nb, FD, GD, BRCD_BODY)
-#undef BRCD_BODY
-    }
+// ---------------------------------------------------------------------------
+// Variants: one table of entry points per instruction set
+// ---------------------------------------------------------------------------
 
-    static BRCD_INLINE void masked(const Packed& qs, const Packed& db, const Packed& masks, const uint32_t* weights,
-                                   float* out, size_t q0, size_t q1) {
-        const bool shared = masks.n == 1;
-#define BRCD_BODY(C)                                                          \
-    for (size_t i = q0; i < q1; ++i) {                                        \
-        const size_t mi = shared ? 0 : i;                                     \
-        masked_row<C>(qs.row(i), masks.row(mi), weights[mi], db, out + i * db.n); \
-    }
-        BRCD_WIDTH_SWITCH(db.nb, FM, GM, BRCD_BODY)
-#undef BRCD_BODY
-    }
-
-    static BRCD_INLINE void popcounts(const Packed& rows, uint32_t* out) {
-        for (size_t i = 0; i < rows.n; ++i) {
-            const uint8_t* p = rows.row(i);
-            uint32_t c = 0;
-            size_t w = 0;
-            for (; w + 8 <= rows.nb; w += 8) c += Pop::count(load_word(p + w));
-            c += Pop::count(load_tail(p + w, rows.nb - w));
-            out[i] = c;
-        }
-    }
-};
-
-using HammingFn = void (*)(const Packed&, const Packed&, int32_t*, size_t, size_t);
-using KnnFn = void (*)(const Packed&, const Packed&, size_t, Scratch&, int32_t*, int64_t*, size_t, size_t);
-using RadiusFn = void (*)(const Packed&, const Packed&, uint32_t, Scratch&, RadiusResult&, size_t, size_t);
+using SelectFn = void (*)(const Tile&, size_t, const uint64_t*, Selector&);
+using DistancesFn = void (*)(const Tile&, size_t, const uint64_t*, int32_t*);
 using MaskedFn = void (*)(const Packed&, const Packed&, const Packed&, const uint32_t*, float*, size_t, size_t);
 using PopcountsFn = void (*)(const Packed&, uint32_t*);
 
 struct OpTable {
     const char* name;
-    HammingFn hamming;
-    KnnFn knn;
-    RadiusFn radius;
+    SelectFn select;
+    DistancesFn distances;
     MaskedFn masked;
     PopcountsFn popcounts;
 };
 
+// Calls BODY(NW) with the word count as a constant for 64-, 128- and 256-bit
+// codes (and 8..56-bit codes, padded to one word); 0 means "read it at run time".
+#define BRCD_NW_SWITCH(NW_RT, BODY) \
+    switch (NW_RT) {                \
+        case 1: BODY(1); break;     \
+        case 2: BODY(2); break;     \
+        case 4: BODY(4); break;     \
+        default: BODY(0); break;    \
+    }
+
 // Non-inline entry points: the target attribute on these decides which
 // instructions the inlined kernels may use.
-#define BRCD_DEFINE_VARIANT(SUFFIX, ATTR, POP)                                                                        \
-    ATTR void hamming_##SUFFIX(const Packed& a, const Packed& b, int32_t* o, size_t q0, size_t q1) {                  \
-        Kernels<POP>::hamming(a, b, o, q0, q1);                                                                       \
-    }                                                                                                                 \
-    ATTR void knn_##SUFFIX(const Packed& a, const Packed& b, size_t k, Scratch& s, int32_t* od, int64_t* oi,          \
-                           size_t q0, size_t q1) {                                                                    \
-        Kernels<POP>::knn(a, b, k, s, od, oi, q0, q1);                                                                \
-    }                                                                                                                 \
-    ATTR void radius_##SUFFIX(const Packed& a, const Packed& b, uint32_t r, Scratch& s, RadiusResult& res, size_t q0, \
-                              size_t q1) {                                                                            \
-        Kernels<POP>::radius(a, b, r, s, res, q0, q1);                                                                \
-    }                                                                                                                 \
-    ATTR void masked_##SUFFIX(const Packed& a, const Packed& b, const Packed& m, const uint32_t* w, float* o,         \
-                              size_t q0, size_t q1) {                                                                 \
-        Kernels<POP>::masked(a, b, m, w, o, q0, q1);                                                                  \
-    }                                                                                                                 \
-    ATTR void popcounts_##SUFFIX(const Packed& a, uint32_t* o) { Kernels<POP>::popcounts(a, o); }                     \
-    const OpTable kOps_##SUFFIX = {#SUFFIX,          hamming_##SUFFIX, knn_##SUFFIX,                                 \
-                                   radius_##SUFFIX, masked_##SUFFIX,  popcounts_##SUFFIX};
+#define BRCD_DEFINE_VARIANT(SUFFIX, ATTR, POP, SELECT, DISTANCES)                                                 \
+    ATTR void select_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {                         \
+        BRCD_NW_SWITCH(nw, SELECT)                                                                                \
+    }                                                                                                             \
+    ATTR void distances_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, int32_t* o) {                       \
+        BRCD_NW_SWITCH(nw, DISTANCES)                                                                             \
+    }                                                                                                             \
+    ATTR void masked_##SUFFIX(const Packed& a, const Packed& b, const Packed& m, const uint32_t* w, float* o,     \
+                              size_t q0, size_t q1) {                                                             \
+        masked_range<POP>(a, b, m, w, o, q0, q1);                                                                 \
+    }                                                                                                             \
+    ATTR void popcounts_##SUFFIX(const Packed& a, uint32_t* o) { popcount_rows<POP>(a, o); }                      \
+    const OpTable kOps_##SUFFIX = {#SUFFIX, select_##SUFFIX, distances_##SUFFIX, masked_##SUFFIX, popcounts_##SUFFIX};
 
 #define BRCD_NO_ATTR
-BRCD_DEFINE_VARIANT(portable, BRCD_NO_ATTR, PopPortable)
-#if BRCD_POPCNT_VARIANT
-BRCD_DEFINE_VARIANT(popcnt, BRCD_TARGET_POPCNT, PopHardware)
+#define BRCD_SEL_PORTABLE(NW) brcd::scalar_select<brcd::PopPortable, NW>(t, nw, q, s)
+#define BRCD_DIST_PORTABLE(NW) brcd::scalar_distances<brcd::PopPortable, NW>(t, nw, q, o)
+BRCD_DEFINE_VARIANT(scalar, BRCD_NO_ATTR, brcd::PopPortable, BRCD_SEL_PORTABLE, BRCD_DIST_PORTABLE)
+
+#if BRCD_SIMD_VARIANTS
+#define BRCD_SEL_POPCNT(NW) brcd::scalar_select<brcd::PopHardware, NW>(t, nw, q, s)
+#define BRCD_DIST_POPCNT(NW) brcd::scalar_distances<brcd::PopHardware, NW>(t, nw, q, o)
+BRCD_DEFINE_VARIANT(popcnt, BRCD_TARGET_POPCNT, brcd::PopHardware, BRCD_SEL_POPCNT, BRCD_DIST_POPCNT)
+#define BRCD_SEL_AVX2(NW) brcd::avx2_select<NW>(t, nw, q, s)
+#define BRCD_DIST_AVX2(NW) brcd::avx2_distances<NW>(t, nw, q, o)
+BRCD_DEFINE_VARIANT(avx2, BRCD_TARGET_AVX2, brcd::PopHardware, BRCD_SEL_AVX2, BRCD_DIST_AVX2)
+#define BRCD_SEL_AVX512(NW) brcd::avx512_select<NW>(t, nw, q, s)
+#define BRCD_DIST_AVX512(NW) brcd::avx512_distances<NW>(t, nw, q, o)
+BRCD_DEFINE_VARIANT(avx512, BRCD_TARGET_AVX512, brcd::PopHardware, BRCD_SEL_AVX512, BRCD_DIST_AVX512)
 #endif
 
-bool cpu_has_popcnt() {
-#if BRCD_POPCNT_VARIANT
+struct CpuFeatures {
+    bool popcnt = false, avx2 = false, avx512 = false;
+};
+
+CpuFeatures detect_cpu() {
+    CpuFeatures f;
+#if BRCD_SIMD_VARIANTS
     __builtin_cpu_init();
-    return __builtin_cpu_supports("popcnt") != 0;
-#else
-    return false;
+    f.popcnt = __builtin_cpu_supports("popcnt") != 0;
+    f.avx2 = f.popcnt && __builtin_cpu_supports("avx2") != 0;
+    f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vpopcntdq");
 #endif
+    return f;
+}
+
+const CpuFeatures& cpu() {
+    static const CpuFeatures f = detect_cpu();
+    return f;
+}
+
+// Every variant compiled into this build, fastest first.
+std::vector<const OpTable*> compiled_ops() {
+    std::vector<const OpTable*> v;
+#if BRCD_SIMD_VARIANTS
+    v = {&kOps_avx512, &kOps_avx2, &kOps_popcnt};
+#endif
+    v.push_back(&kOps_scalar);
+    return v;
+}
+
+bool supported(const OpTable* t) {
+#if BRCD_SIMD_VARIANTS
+    if (t == &kOps_avx512) return cpu().avx512;
+    if (t == &kOps_avx2) return cpu().avx2;
+    if (t == &kOps_popcnt) return cpu().popcnt;
+#endif
+    return t == &kOps_scalar;
 }
 
 const OpTable* best_ops() {
-#if BRCD_POPCNT_VARIANT
-    if (cpu_has_popcnt()) return &kOps_popcnt;
-#endif
-    return &kOps_portable;
+    for (const OpTable* t : compiled_ops())
+        if (supported(t)) return t;
+    return &kOps_scalar;
 }
 
-std::atomic<const OpTable*> g_ops{nullptr};
+const char* const kSimdEnv = "BRCD_SIMD";
+
+// Resolves a path name ("auto" or a variant) to a table; throws for an unknown
+// name or a variant this CPU cannot run.
+const OpTable* resolve_ops(const std::string& name, const char* source) {
+    if (name.empty() || name == "auto") return best_ops();
+    for (const OpTable* t : compiled_ops()) {
+        if (name == t->name) {
+            if (!supported(t)) {
+                throw py::value_error(std::string("SIMD path '") + name + "' (from " + source +
+                                      ") needs instructions this CPU lacks");
+            }
+            return t;
+        }
+    }
+    std::string names;
+    for (const OpTable* t : compiled_ops()) names += std::string(names.empty() ? "" : ", ") + t->name;
+    throw py::value_error(std::string("unknown SIMD path '") + name + "' (from " + source + "); use auto, " + names);
+}
+
+// Set by the testing hook; otherwise the environment variable decides on every
+// call, so a user can switch paths without restarting the process.
+std::atomic<const OpTable*> g_forced{nullptr};
 
 const OpTable& ops() {
-    const OpTable* t = g_ops.load(std::memory_order_acquire);
-    if (t == nullptr) {
-        t = best_ops();
-        g_ops.store(t, std::memory_order_release);
+    if (const OpTable* t = g_forced.load(std::memory_order_acquire)) return *t;
+    const char* env = std::getenv(kSimdEnv);
+    return *resolve_ops(env ? std::string(env) : std::string(), "environment variable BRCD_SIMD");
+}
+
+// ---------------------------------------------------------------------------
+// Threads and work plans
+// ---------------------------------------------------------------------------
+
+size_t default_threads() {
+    const unsigned n = std::thread::hardware_concurrency();
+    return n ? n : 1;
+}
+
+// Runs f(item, worker) for item in [0, n_items) on up to `threads` workers
+// (the caller is worker 0) and rethrows the first exception of any worker.
+template <class F>
+void parallel_for(size_t n_items, size_t threads, F&& f) {
+    const size_t n_workers = std::max<size_t>(1, std::min(threads, n_items));
+    std::atomic<size_t> next{0};
+    std::exception_ptr error;
+    std::mutex error_lock;
+    auto work = [&](size_t worker) {
+        try {
+            for (size_t item; (item = next.fetch_add(1)) < n_items;) f(item, worker);
+        } catch (...) {
+            std::lock_guard<std::mutex> g(error_lock);
+            if (!error) error = std::current_exception();
+            next.store(n_items);
+        }
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(n_workers - 1);
+    for (size_t w = 1; w < n_workers; ++w) pool.emplace_back(work, w);
+    work(0);
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+}
+
+// How a (queries x database) job is cut: database parts x blocks of queries.
+struct Plan {
+    size_t parts, qblock, n_qblocks, part_len, tile;
+    size_t items() const { return parts * n_qblocks; }
+};
+
+constexpr size_t kTileBytes = 256 * 1024;  // a database tile that stays in L2 while a block of queries scans it
+constexpr size_t kMaxQueryBlock = 64;
+
+Plan make_plan(size_t nq, size_t ndb, size_t nw, size_t threads) {
+    Plan p{};
+    p.tile = std::max<size_t>(1024, (kTileBytes / (8 * nw)) / 32 * 32);
+    // Split the database when there are too few queries for every thread to
+    // have several blocks and the database is big enough to be worth it.
+    p.parts = (threads > 1 && nq < 2 * threads && ndb >= 4096 * threads) ? threads : 1;
+    p.part_len = p.parts > 1 ? (ndb + p.parts - 1) / p.parts : ndb;
+    const size_t per_thread = (nq + 4 * threads - 1) / (4 * threads);
+    p.qblock = std::max<size_t>(1, std::min(kMaxQueryBlock, per_thread));
+    p.n_qblocks = nq ? (nq + p.qblock - 1) / p.qblock : 0;
+    return p;
+}
+
+// Queries as whole 64-bit words, tail bytes zero-padded.
+std::vector<uint64_t> query_words(const Packed& q, size_t nw) {
+    std::vector<uint64_t> out(q.n * nw);
+    const size_t full = q.nb / 8, tail = q.nb % 8;
+    for (size_t i = 0; i < q.n; ++i) {
+        const uint8_t* r = q.row(i);
+        for (size_t w = 0; w < full; ++w) out[i * nw + w] = load_word(r + 8 * w);
+        if (tail) out[i * nw + full] = load_tail(r + 8 * full, tail);
     }
-    return *t;
+    return out;
+}
+
+// Database rows [j0, j1) as a Tile: in place for 64-bit codes, else transposed
+// into word-major scratch.
+Tile make_tile(const Packed& db, size_t nw, size_t j0, size_t j1, std::vector<uint64_t>& scratch) {
+    const size_t n = j1 - j0;
+    if (db.nb == 8) return Tile{reinterpret_cast<const uint64_t*>(db.row(j0)), n, n, j0};
+    scratch.resize(nw * n);
+    uint64_t* s = scratch.data();
+    const size_t full = db.nb / 8, tail = db.nb % 8;
+    for (size_t j = 0; j < n; ++j) {
+        const uint8_t* r = db.row(j0 + j);
+        for (size_t w = 0; w < full; ++w) s[w * n + j] = load_word(r + 8 * w);
+        if (tail) s[full * n + j] = load_tail(r + 8 * full, tail);
+    }
+    return Tile{s, n, n, j0};
+}
+
+struct Worker {
+    std::vector<Selector> sel;
+    std::vector<uint64_t> scratch;
+};
+
+// Streams database part `part` through the selectors of query block `block`;
+// reset(s) prepares a selector, done(query, part, sorted keys) takes the result.
+template <class Reset, class Done>
+void select_item(const OpTable& t, const Packed& q, const Packed& db, size_t nw, const std::vector<uint64_t>& qw,
+                 const Plan& plan, size_t item, Worker& wk, size_t limit, Reset&& reset, Done&& done) {
+    const size_t block = item / plan.parts, part = item % plan.parts;
+    const size_t i0 = block * plan.qblock, i1 = std::min(q.n, i0 + plan.qblock);
+    const size_t p0 = std::min(db.n, part * plan.part_len), p1 = std::min(db.n, p0 + plan.part_len);
+    if (wk.sel.size() < i1 - i0) wk.sel.resize(i1 - i0);
+    for (size_t i = i0; i < i1; ++i) reset(wk.sel[i - i0]);
+    for (size_t j0 = p0; j0 < p1; j0 += plan.tile) {
+        const Tile tile = make_tile(db, nw, j0, std::min(p1, j0 + plan.tile), wk.scratch);
+        for (size_t i = i0; i < i1; ++i) t.select(tile, nw, qw.data() + i * nw, wk.sel[i - i0]);
+    }
+    std::vector<uint64_t> keys;
+    for (size_t i = i0; i < i1; ++i) {
+        wk.sel[i - i0].finish(limit, keys);
+        done(i, part, keys);
+    }
+}
+
+size_t words_per_code(const Packed& p) { return (p.nb + 7) / 8; }
+
+void knn_native(const OpTable& t, const Packed& q, const Packed& db, size_t kk, size_t threads, int32_t* od,
+                int64_t* oi) {
+    const size_t nw = words_per_code(db);
+    const uint32_t n_bits = static_cast<uint32_t>(8 * db.nb);
+    const std::vector<uint64_t> qw = query_words(q, nw);
+    const Plan plan = make_plan(q.n, db.n, nw, threads);
+    std::vector<std::vector<uint64_t>> partial(plan.parts > 1 ? q.n * plan.parts : 0);
+    auto write = [&](size_t i, const std::vector<uint64_t>& keys) {
+        for (size_t r = 0; r < kk; ++r) {
+            od[i * kk + r] = static_cast<int32_t>(brcd::key_distance(keys[r]));
+            oi[i * kk + r] = static_cast<int64_t>(brcd::key_index(keys[r]));
+        }
+    };
+    std::vector<Worker> workers(std::min(threads, plan.items()) + 1);
+    parallel_for(plan.items(), threads, [&](size_t item, size_t w) {
+        select_item(
+            t, q, db, nw, qw, plan, item, workers[w], kk, [&](Selector& s) { s.reset_knn(kk, n_bits); },
+            [&](size_t i, size_t part, std::vector<uint64_t>& keys) {
+                if (plan.parts == 1)
+                    write(i, keys);
+                else
+                    partial[i * plan.parts + part].swap(keys);
+            });
+    });
+    if (plan.parts > 1) {
+        // Each part holds its own top k; the global top k is among their union.
+        std::vector<uint64_t> merged;
+        for (size_t i = 0; i < q.n; ++i) {
+            merged.clear();
+            for (size_t p = 0; p < plan.parts; ++p)
+                merged.insert(merged.end(), partial[i * plan.parts + p].begin(), partial[i * plan.parts + p].end());
+            std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(kk), merged.end());
+            write(i, merged);
+        }
+    }
+}
+
+// Per query, every (distance, index) key with distance <= r, sorted.
+std::vector<std::vector<uint64_t>> radius_native(const OpTable& t, const Packed& q, const Packed& db, uint32_t r,
+                                                 size_t threads) {
+    const size_t nw = words_per_code(db);
+    const std::vector<uint64_t> qw = query_words(q, nw);
+    const Plan plan = make_plan(q.n, db.n, nw, threads);
+    std::vector<std::vector<uint64_t>> partial(q.n * plan.parts);
+    std::vector<Worker> workers(std::min(threads, plan.items()) + 1);
+    parallel_for(plan.items(), threads, [&](size_t item, size_t w) {
+        select_item(
+            t, q, db, nw, qw, plan, item, workers[w], SIZE_MAX, [&](Selector& s) { s.reset_range(r); },
+            [&](size_t i, size_t part, std::vector<uint64_t>& keys) { partial[i * plan.parts + part].swap(keys); });
+    });
+    if (plan.parts == 1) return partial;
+    std::vector<std::vector<uint64_t>> merged(q.n);
+    for (size_t i = 0; i < q.n; ++i) {
+        for (size_t p = 0; p < plan.parts; ++p) {
+            auto& src = partial[i * plan.parts + p];
+            merged[i].insert(merged[i].end(), src.begin(), src.end());
+            std::vector<uint64_t>().swap(src);
+        }
+        std::sort(merged[i].begin(), merged[i].end());
+    }
+    return merged;
+}
+
+void distances_native(const OpTable& t, const Packed& q, const Packed& db, size_t threads, int32_t* out) {
+    const size_t nw = words_per_code(db);
+    const std::vector<uint64_t> qw = query_words(q, nw);
+    const Plan plan = make_plan(q.n, db.n, nw, threads);
+    std::vector<Worker> workers(std::min(threads, plan.items()) + 1);
+    parallel_for(plan.items(), threads, [&](size_t item, size_t w) {
+        const size_t block = item / plan.parts, part = item % plan.parts;
+        const size_t i0 = block * plan.qblock, i1 = std::min(q.n, i0 + plan.qblock);
+        const size_t p0 = std::min(db.n, part * plan.part_len), p1 = std::min(db.n, p0 + plan.part_len);
+        for (size_t j0 = p0; j0 < p1; j0 += plan.tile) {
+            const Tile tile = make_tile(db, nw, j0, std::min(p1, j0 + plan.tile), workers[w].scratch);
+            for (size_t i = i0; i < i1; ++i) t.distances(tile, nw, qw.data() + i * nw, out + i * db.n + j0);
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -495,12 +501,25 @@ Packed view_of(const CArray& a) {
     return Packed{a.data(), static_cast<size_t>(a.shape(0)), static_cast<size_t>(a.shape(1))};
 }
 
+// Distances travel in 16 bits and indices in 48 inside the selector's keys.
+constexpr size_t kMaxBytes = 8190;
+
 void check_same_width(const Packed& q, const Packed& db) {
     if (q.nb != db.nb) {
         throw py::value_error("queries have " + std::to_string(q.nb) + " bytes per code but the database has " +
                               std::to_string(db.nb) + "; both must use the same code length");
     }
     if (q.nb == 0) throw py::value_error("codes have 0 bytes; packed codes need at least 8 bits");
+    if (q.nb > kMaxBytes) {
+        throw py::value_error("codes of " + std::to_string(8 * q.nb) + " bits are longer than the " +
+                              std::to_string(8 * kMaxBytes) + " bits these kernels support");
+    }
+    if (db.n >= (size_t{1} << brcd::kIndexBits)) throw py::value_error("the database has too many codes");
+}
+
+size_t thread_count(int64_t threads) {
+    if (threads < 0) throw py::value_error("threads must be >= 0 (0: one per CPU core), got " + std::to_string(threads));
+    return threads == 0 ? default_threads() : static_cast<size_t>(threads);
 }
 
 // Hands a vector's buffer to numpy without copying; the capsule frees it.
@@ -512,24 +531,28 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
                           owned->data(), owner);
 }
 
-py::array_t<int32_t> py_hamming_distances(const py::array& queries, const py::array& database) {
+py::array_t<int32_t> py_hamming_distances(const py::array& queries, const py::array& database, int64_t threads) {
     const CArray qa = require_packed(queries, "queries"), da = require_packed(database, "database");
     const Packed q = view_of(qa), db = view_of(da);
     check_same_width(q, db);
+    const size_t nt = thread_count(threads);
+    const OpTable& t = ops();
     py::array_t<int32_t> out({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(db.n)});
     int32_t* o = out.mutable_data();
-    {
+    if (q.n > 0 && db.n > 0) {
         py::gil_scoped_release nogil;
-        ops().hamming(q, db, o, 0, q.n);
+        distances_native(t, q, db, nt, o);
     }
     return out;
 }
 
-py::tuple py_knn(const py::array& queries, const py::array& database, int64_t k) {
+py::tuple py_knn(const py::array& queries, const py::array& database, int64_t k, int64_t threads) {
     const CArray qa = require_packed(queries, "queries"), da = require_packed(database, "database");
     const Packed q = view_of(qa), db = view_of(da);
     check_same_width(q, db);
     if (k <= 0) throw py::value_error("k must be a positive integer, got " + std::to_string(k));
+    const size_t nt = thread_count(threads);
+    const OpTable& t = ops();
     const size_t kk = std::min(static_cast<size_t>(k), db.n);
     py::array_t<int32_t> out_d({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(kk)});
     py::array_t<int64_t> out_i({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(kk)});
@@ -537,42 +560,42 @@ py::tuple py_knn(const py::array& queries, const py::array& database, int64_t k)
     int64_t* oi = out_i.mutable_data();
     if (kk > 0 && q.n > 0) {
         py::gil_scoped_release nogil;
-        Scratch s;
-        s.dist.resize(db.n);
-        s.hist.resize(kHistCopies * (8 * db.nb + 1));
-        ops().knn(q, db, kk, s, od, oi, 0, q.n);
+        knn_native(t, q, db, kk, nt, od, oi);
     }
     return py::make_tuple(out_d, out_i);
 }
 
-py::tuple py_radius_search(const py::array& queries, const py::array& database, int64_t radius) {
+py::tuple py_radius_search(const py::array& queries, const py::array& database, int64_t radius, int64_t threads) {
     const CArray qa = require_packed(queries, "queries"), da = require_packed(database, "database");
     const Packed q = view_of(qa), db = view_of(da);
     check_same_width(q, db);
     if (radius < 0) throw py::value_error("radius must be non-negative, got " + std::to_string(radius));
+    const size_t nt = thread_count(threads);
+    const OpTable& t = ops();
     const uint32_t r = static_cast<uint32_t>(std::min<uint64_t>(static_cast<uint64_t>(radius), 8 * db.nb));
-    RadiusResult res;
+    std::vector<int64_t> lims(q.n + 1, 0);
+    std::vector<int32_t> dist;
+    std::vector<int64_t> ids;
     {
         py::gil_scoped_release nogil;
-        res.counts.reserve(q.n);
-        if (db.n > 0) {
-            Scratch s;
-            s.dist.resize(db.n);
-            s.hist.resize(static_cast<size_t>(r) + 1);
-            ops().radius(q, db, r, s, res, 0, q.n);
-        } else {
-            res.counts.assign(q.n, 0);
+        std::vector<std::vector<uint64_t>> hits;
+        if (db.n > 0 && q.n > 0) hits = radius_native(t, q, db, r, nt);
+        for (size_t i = 0; i < hits.size(); ++i) lims[i + 1] = lims[i] + static_cast<int64_t>(hits[i].size());
+        dist.resize(static_cast<size_t>(lims[q.n]));
+        ids.resize(dist.size());
+        for (size_t i = 0; i < hits.size(); ++i) {
+            size_t p = static_cast<size_t>(lims[i]);
+            for (uint64_t key : hits[i]) {
+                dist[p] = static_cast<int32_t>(brcd::key_distance(key));
+                ids[p++] = static_cast<int64_t>(brcd::key_index(key));
+            }
         }
     }
-    py::array_t<int64_t> lims(static_cast<py::ssize_t>(q.n + 1));
-    int64_t* l = lims.mutable_data();
-    l[0] = 0;
-    for (size_t i = 0; i < q.n; ++i) l[i + 1] = l[i] + res.counts[i];
-    return py::make_tuple(lims, to_numpy(std::move(res.dist)), to_numpy(std::move(res.ids)));
+    return py::make_tuple(to_numpy(std::move(lims)), to_numpy(std::move(dist)), to_numpy(std::move(ids)));
 }
 
 py::array_t<float> py_masked_similarity_packed(const py::array& queries, const py::array& database,
-                                               const py::array& masks) {
+                                               const py::array& masks, int64_t threads) {
     const CArray qa = require_packed(queries, "queries"), da = require_packed(database, "database");
     const CArray ma = require_packed(masks, "masks", /*allow_1d=*/true);
     const Packed q = view_of(qa), db = view_of(da), m = view_of(ma);
@@ -585,14 +608,19 @@ py::array_t<float> py_masked_similarity_packed(const py::array& queries, const p
         throw py::value_error("masks must hold one row shared by all queries or one row per query (" +
                               std::to_string(q.n) + "), got " + std::to_string(m.n) + " rows");
     }
+    const size_t nt = thread_count(threads);
+    const OpTable& t = ops();
     py::array_t<float> out({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(db.n)});
     float* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
         std::vector<uint32_t> weights(m.n);
-        const OpTable& t = ops();
         t.popcounts(m, weights.data());
-        t.masked(q, db, m, weights.data(), o, 0, q.n);
+        const size_t block = std::max<size_t>(1, std::min<size_t>(64, (q.n + 4 * nt - 1) / (4 * nt)));
+        const size_t n_blocks = (q.n + block - 1) / block;
+        parallel_for(n_blocks, nt, [&](size_t b, size_t) {
+            t.masked(q, db, m, weights.data(), o, b * block, std::min(q.n, (b + 1) * block));
+        });
     }
     return out;
 }
@@ -606,30 +634,30 @@ py::dict py_cpu_features() {
 #else
     d["arch"] = "other";
 #endif
-    d["cpu_popcnt"] = cpu_has_popcnt();
-    d["popcnt_variant_compiled"] = static_cast<bool>(BRCD_POPCNT_VARIANT);
-    d["popcount_path"] = ops().name;
-    d["threads"] = 1;
+    d["cpu_popcnt"] = cpu().popcnt;
+    d["cpu_avx2"] = cpu().avx2;
+    d["cpu_avx512_vpopcntdq"] = cpu().avx512;
+    py::list compiled, usable;
+    for (const OpTable* t : compiled_ops()) {
+        compiled.append(t->name);
+        if (supported(t)) usable.append(t->name);
+    }
+    d["simd_paths_compiled"] = compiled;
+    d["simd_paths_supported"] = usable;
+    d["simd_path"] = ops().name;
+    d["simd_env"] = kSimdEnv;
+    d["default_threads"] = default_threads();
     d["api_version"] = kApiVersion;
     return d;
 }
 
-// Test hook: run the baseline path on a CPU that has POPCNT (or go back to "auto").
-std::string py_set_popcount_path(const std::string& name) {
+// Test hook: force one variant ("auto" returns to the environment/CPU choice).
+std::string py_set_simd_path(const std::string& name) {
     const std::string previous = ops().name;
     if (name == "auto") {
-        g_ops.store(best_ops());
-    } else if (name == "portable") {
-        g_ops.store(&kOps_portable);
-    } else if (name == "popcnt") {
-#if BRCD_POPCNT_VARIANT
-        if (!cpu_has_popcnt()) throw py::value_error("this CPU has no POPCNT instruction");
-        g_ops.store(&kOps_popcnt);
-#else
-        throw py::value_error("the popcnt variant is not compiled on this platform");
-#endif
+        g_forced.store(nullptr);
     } else {
-        throw py::value_error("unknown popcount path '" + name + "'; use auto, popcnt or portable");
+        g_forced.store(resolve_ops(name, "_set_simd_path"));
     }
     return previous;
 }
@@ -639,15 +667,16 @@ std::string py_set_popcount_path(const std::string& name) {
 PYBIND11_MODULE(_hamming_cpu, m) {
     m.doc() = "Native CPU Hamming kernels for packed binary codes (brcd).";
     m.attr("API_VERSION") = kApiVersion;
-    m.def("hamming_distances", &py_hamming_distances, py::arg("queries"), py::arg("database"),
+    m.def("hamming_distances", &py_hamming_distances, py::arg("queries"), py::arg("database"), py::arg("threads") = 0,
           "All-pairs Hamming distances, int32 (q, n).");
-    m.def("knn", &py_knn, py::arg("queries"), py::arg("database"), py::arg("k"),
+    m.def("knn", &py_knn, py::arg("queries"), py::arg("database"), py::arg("k"), py::arg("threads") = 0,
           "k nearest codes per query as (distances int32 (q, k'), indices int64 (q, k')), ties by index.");
     m.def("radius_search", &py_radius_search, py::arg("queries"), py::arg("database"), py::arg("radius"),
+          py::arg("threads") = 0,
           "All codes within distance <= radius as CSR (lims int64, distances int32, indices int64).");
     m.def("masked_similarity_packed", &py_masked_similarity_packed, py::arg("queries"), py::arg("database"),
-          py::arg("masks"), "Masked cosine similarity of packed codes, float32 (q, n).");
-    m.def("cpu_features", &py_cpu_features, "Which popcount path the kernels use on this CPU.");
-    m.def("_set_popcount_path", &py_set_popcount_path, py::arg("name"),
-          "Testing hook: force 'popcnt', 'portable' or 'auto'; returns the previous path.");
+          py::arg("masks"), py::arg("threads") = 0, "Masked cosine similarity of packed codes, float32 (q, n).");
+    m.def("cpu_features", &py_cpu_features, "CPU features, compiled SIMD paths and the one in use.");
+    m.def("_set_simd_path", &py_set_simd_path, py::arg("name"),
+          "Testing hook: force 'avx512', 'avx2', 'popcnt', 'scalar' or 'auto'; returns the previous path.");
 }

@@ -4,6 +4,12 @@ Inputs are validated and normalised here once (uint8, 2-D, C-contiguous, equal
 widths, k > 0, radius >= 0), so the backends can assume clean arrays and every
 backend reports a user mistake in the same words.
 
+``threads`` (default: one per CPU core available to this process) sets how
+many std::threads the native backend runs; the numba backend uses numba's own
+thread pool and the reference is single-threaded, so they ignore it. The native
+backend also picks its SIMD path at run time (BRCD_SIMD=avx512|avx2|popcnt|scalar
+overrides it); ``native_features()`` says which one runs.
+
 Backends are probed lazily: importing this module loads neither numba nor the
 C++ extension, and the first packed call (or available_backends()) pays for it
 once. The environment variable is read on every call so that a test or a user
@@ -12,6 +18,7 @@ can switch backends without restarting the process.
 from __future__ import annotations
 
 import importlib
+import operator
 import os
 import threading
 from types import ModuleType
@@ -23,7 +30,7 @@ from . import _checks
 
 ENV_VAR = "BRCD_KERNEL_BACKEND"
 BACKENDS: tuple[str, ...] = ("native", "numba", "reference")  # order of preference
-_NATIVE_API_VERSION = 1
+_NATIVE_API_VERSION = 2
 _OPS = ("hamming_distances", "knn", "radius_search", "masked_similarity_packed")
 
 _lock = threading.Lock()
@@ -102,18 +109,58 @@ def _select(backend: Optional[str]) -> tuple[str, ModuleType]:
     return requested, _modules[requested]
 
 
+def default_threads() -> int:
+    """CPU cores this process may run on (its affinity mask), the default thread count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return default_threads()
+    try:
+        n = operator.index(threads)
+    except TypeError:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}") from None
+    if n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n}")
+    return int(n)
+
+
+def _call(backend: Optional[str], op: str, threads: Optional[int], *args: Any) -> Any:
+    """Run one packed op; only the native backend takes a thread count."""
+    n_threads = _threads(threads)
+    name, mod = _select(backend)
+    if name == "native":
+        return getattr(mod, op)(*args, threads=n_threads)
+    return getattr(mod, op)(*args)
+
+
+def native_features() -> Optional[dict[str, Any]]:
+    """CPU features and the SIMD path of the native backend, or None when it is not available."""
+    _probe("native")
+    mod = _modules.get("native")
+    return dict(mod.cpu_features()) if mod is not None else None
+
+
 def active_backend() -> str:
     """The backend packed operations would use now (honours BRCD_KERNEL_BACKEND)."""
     return _select(None)[0]
 
 
-def hamming_distances(queries: Any, database: Any, *, backend: Optional[str] = None) -> np.ndarray:
+def hamming_distances(
+    queries: Any, database: Any, *, backend: Optional[str] = None, threads: Optional[int] = None
+) -> np.ndarray:
     """All-pairs Hamming distances between packed codes, int32 (q, n)."""
     q, db = _checks.packed_pair(queries, database)
-    return _select(backend)[1].hamming_distances(q, db)
+    return _call(backend, "hamming_distances", threads, q, db)
 
 
-def knn(queries: Any, database: Any, k: int, *, backend: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+def knn(
+    queries: Any, database: Any, k: int, *, backend: Optional[str] = None, threads: Optional[int] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest codes per query: (distances int32 (q, k'), indices int64 (q, k')), k' = min(k, n).
 
     Rows are sorted by (distance, database index), so results are reproducible
@@ -121,11 +168,11 @@ def knn(queries: Any, database: Any, k: int, *, backend: Optional[str] = None) -
     """
     q, db = _checks.packed_pair(queries, database)
     kk = _checks.check_k(k)
-    return _select(backend)[1].knn(q, db, kk)
+    return _call(backend, "knn", threads, q, db, kk)
 
 
 def radius_search(
-    queries: Any, database: Any, radius: float, *, backend: Optional[str] = None
+    queries: Any, database: Any, radius: float, *, backend: Optional[str] = None, threads: Optional[int] = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All codes with distance <= radius, as CSR (lims int64 (q+1,), distances int32, indices int64).
 
@@ -134,11 +181,11 @@ def radius_search(
     """
     q, db = _checks.packed_pair(queries, database)
     r = _checks.check_radius(radius, 8 * q.shape[1])
-    return _select(backend)[1].radius_search(q, db, r)
+    return _call(backend, "radius_search", threads, q, db, r)
 
 
 def masked_similarity_packed(
-    queries: Any, database: Any, masks: Any, *, backend: Optional[str] = None
+    queries: Any, database: Any, masks: Any, *, backend: Optional[str] = None, threads: Optional[int] = None
 ) -> np.ndarray:
     """cos_M(a, b) = (w - 2 popcount((a ^ b) & M)) / w with w = popcount(M), float32 (q, n); 0 where w == 0.
 
@@ -147,4 +194,4 @@ def masked_similarity_packed(
     """
     q, db = _checks.packed_pair(queries, database)
     m = _checks.packed_masks(masks, q.shape[0], q.shape[1])
-    return _select(backend)[1].masked_similarity_packed(q, db, m)
+    return _call(backend, "masked_similarity_packed", threads, q, db, m)

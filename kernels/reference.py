@@ -117,12 +117,14 @@ def masked_similarity_packed(queries: Any, database: Any, masks: Any) -> np.ndar
     return out
 
 
-def masked_similarity(a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torch.Tensor]" = None) -> "torch.Tensor":
-    """Differentiable masked cosine similarity of dense (relaxed) codes, (n, m).
+def prepare_masked_inputs(
+    a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torch.Tensor]" = None
+) -> "tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]":
+    """Check and promote the inputs of masked_similarity: (a, b, mask) in one floating dtype.
 
-    This is the training-time twin of masked_similarity_packed: with +-1 inputs it
-    gives the same numbers, and with tanh-relaxed codes it carries gradients to a,
-    b and a float mask. Rows of a whose mask is empty give 0 (and zero gradient).
+    The mask comes back as (L,) (shared by all rows of a), (n, L) (one per row)
+    or None, on a's device. Shared by the reference and the registered torch op
+    so that both accept and reject exactly the same inputs.
     """
     import torch
 
@@ -139,22 +141,42 @@ def masked_similarity(a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torc
     b = b.to(dtype)
     n, length = a.shape
     if mask is None:
+        return a, b, None
+    if not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(mask)
+    mask = mask.to(device=a.device, dtype=dtype)
+    if not (mask.ndim == 1 and mask.shape[0] == length) and not (mask.ndim == 2 and mask.shape == (n, length)):
+        raise ValueError(
+            f"mask must have shape ({length},) (shared) or ({n}, {length}) (one per row of a), "
+            f"got {tuple(mask.shape)}"
+        )
+    return a, b, mask
+
+
+def masked_similarity_forward(
+    a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torch.Tensor]"
+) -> "torch.Tensor":
+    """The arithmetic of masked_similarity on prepared inputs (see prepare_masked_inputs)."""
+    import torch
+
+    n, length = a.shape
+    if mask is None:
         num = a @ b.T
-        w = torch.full((n,), float(length), dtype=dtype, device=a.device)
+        w = torch.full((n,), float(length), dtype=a.dtype, device=a.device)
     else:
-        if not isinstance(mask, torch.Tensor):
-            mask = torch.as_tensor(mask)
-        mask = mask.to(device=a.device, dtype=dtype)
-        if mask.ndim == 1 and mask.shape[0] == length:
-            w = mask.sum().expand(n)
-        elif mask.ndim == 2 and mask.shape == (n, length):
-            w = mask.sum(dim=1)
-        else:
-            raise ValueError(
-                f"mask must have shape ({length},) (shared) or ({n}, {length}) (one per row of a), "
-                f"got {tuple(mask.shape)}"
-            )
+        w = mask.sum().expand(n) if mask.ndim == 1 else mask.sum(dim=1)
         num = (a * mask) @ b.T
     nonzero = w != 0
     safe_w = torch.where(nonzero, w, torch.ones_like(w))
     return torch.where(nonzero[:, None], num / safe_w[:, None], torch.zeros_like(num))
+
+
+def masked_similarity(a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torch.Tensor]" = None) -> "torch.Tensor":
+    """Differentiable masked cosine similarity of dense (relaxed) codes, (n, m).
+
+    This is the training-time twin of masked_similarity_packed: with +-1 inputs it
+    gives the same numbers, and with tanh-relaxed codes it carries gradients to a,
+    b and a float mask. Rows of a whose mask is empty give 0 (and zero gradient).
+    Gradients come from torch autograd through the plain tensor operations.
+    """
+    return masked_similarity_forward(*prepare_masked_inputs(a, b, mask))

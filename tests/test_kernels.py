@@ -10,7 +10,7 @@ import torch
 import brcd_cli.kernels as K
 from brcd_cli.kernels import dispatch, reference
 
-BITS = [8, 16, 24, 32, 40, 64, 72, 128, 256]
+BITS = [8, 16, 24, 32, 40, 64, 72, 128, 200, 256, 520]
 FAST = [name for name, state in K.available_backends().items() if state == "available" and name != "reference"]
 
 
@@ -19,28 +19,34 @@ def _native_paths() -> list[str]:
         return []
     import brcd_cli._hamming_cpu as native
 
-    paths = ["portable"]
-    if native.cpu_features()["cpu_popcnt"]:
-        paths.append("popcnt")
-    return paths
+    return list(native.cpu_features()["simd_paths_supported"])
 
 
-# "native:<path>" runs the C++ kernels with one popcount path forced, so the
-# baseline x86-64 code is exercised on this CPU too.
-BACKEND_CASES = [f"native:{p}" for p in _native_paths()] + [b for b in FAST if b != "native"] + ["reference"]
+# "native:<path>" runs the C++ kernels with one SIMD path forced (avx512, avx2,
+# popcnt, scalar: whichever this CPU supports), so the AVX2 and baseline x86-64
+# code is exercised on an AVX-512 machine too. "native:<path>:1" runs one thread.
+BACKEND_CASES = (
+    [f"native:{p}" for p in _native_paths()]
+    + [f"native:{p}:1" for p in _native_paths()[:1]]
+    + [b for b in FAST if b != "native"]
+    + ["reference"]
+)
 
 
 @pytest.fixture(params=BACKEND_CASES)
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    name, _, path = request.param.partition(":")
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    name, _, rest = request.param.partition(":")
+    path, _, threads = rest.partition(":")
+    if threads:
+        monkeypatch.setattr(dispatch, "default_threads", lambda: int(threads))
     if path:
         import brcd_cli._hamming_cpu as native
 
-        native._set_popcount_path(path)
+        native._set_simd_path(path)
         try:
             yield name
         finally:
-            native._set_popcount_path("auto")
+            native._set_simd_path("auto")
     else:
         yield name
 
@@ -128,6 +134,78 @@ def test_empty_database_and_no_queries(backend: str) -> None:
     db = _random(rng, 6, 64)
     _check_all_ops(backend, q[:0], db, [q[:1]], ks=[3], radii=[10])
     _check_all_ops(backend, q[:1], db, [q[:1], q[0]], ks=[1, 6, 9], radii=[0, 32])
+
+
+def test_database_split_across_threads(backend: str) -> None:
+    """Few queries and a large database: the native kernels split the database and merge per query."""
+    rng = np.random.default_rng(11)
+    for bits in (64, 128, 72):
+        q, db = _random(rng, 3, bits), _clustered(rng, 20011, bits)
+        q[1] = db[20010]
+        for threads in (2, 3):
+            for k in (1, 100, 20011, 30000):
+                _assert_same(K.knn(q, db, k, backend=backend, threads=threads), reference.knn(q, db, k))
+            _assert_same(K.radius_search(q, db, bits // 4, backend=backend, threads=threads),
+                         reference.radius_search(q, db, bits // 4))
+            _assert_same(K.hamming_distances(q, db, backend=backend, threads=threads),
+                         reference.hamming_distances(q, db))
+
+
+def test_adversarial_orders(backend: str) -> None:
+    """Codes that get closer along the database (every code lowers the threshold), and a wall of ties."""
+    rng = np.random.default_rng(12)
+    for bits in (64, 128):
+        q = _random(rng, 1, bits)
+        unpacked = np.unpackbits(q, axis=1, bitorder="little")
+        flips = np.zeros((bits + 1, bits), np.uint8)
+        for d in range(bits + 1):
+            flips[d, :d] = 1
+        closer = np.packbits(unpacked ^ flips, axis=1, bitorder="little")[::-1]  # distances L, L-1, ..., 0
+        db = np.concatenate([np.repeat(closer, 40, axis=0), np.repeat(closer[-3:-2], 3000, axis=0), closer])
+        q2 = np.concatenate([q, ~q, q ^ 1])
+        for k in (1, 37, 2000, db.shape[0], db.shape[0] + 5):
+            _assert_same(K.knn(q2, db, k, backend=backend), reference.knn(q2, db, k))
+        _assert_same(K.radius_search(q2, db, 3, backend=backend), reference.radius_search(q2, db, 3))
+
+
+def test_unaligned_arrays(backend: str) -> None:
+    """Rows that start at odd addresses (a view into a byte buffer at offset 1)."""
+    rng = np.random.default_rng(13)
+    for bits in (64, 128, 24):
+        nb = bits // 8
+        raw = rng.integers(0, 256, size=1 + 1003 * nb, dtype=np.uint8)
+        db = raw[1:].reshape(1003, nb)
+        assert db.ctypes.data % 8 != 0 and db.flags.c_contiguous
+        raw_q = rng.integers(0, 256, size=3 + 4 * nb, dtype=np.uint8)
+        q = raw_q[3:].reshape(4, nb)
+        _check_all_ops(backend, q, db, [q], ks=[1, 50, 1003], radii=[bits // 3])
+
+
+def test_simd_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    if K.available_backends()["native"] != "available":
+        pytest.skip("native extension not built")
+    rng = np.random.default_rng(14)
+    q, db = _random(rng, 4, 64), _clustered(rng, 3001, 64)
+    want = reference.knn(q, db, 10)
+    for path in _native_paths():
+        monkeypatch.setenv("BRCD_SIMD", path)
+        assert K.native_features()["simd_path"] == path
+        _assert_same(K.knn(q, db, 10, backend="native"), want)
+    monkeypatch.setenv("BRCD_SIMD", "mmx")
+    with pytest.raises(ValueError, match="unknown SIMD path 'mmx'.*BRCD_SIMD"):
+        K.knn(q, db, 10, backend="native")
+    monkeypatch.setenv("BRCD_SIMD", "auto")
+    assert K.native_features()["simd_path"] == _native_paths()[0]
+
+
+def test_threads_argument() -> None:
+    rng = np.random.default_rng(15)
+    q, db = _random(rng, 2, 64), _random(rng, 10, 64)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            K.knn(q, db, 1, threads=bad)
+    assert K.default_threads() >= 1
+    _assert_same(K.knn(q, db, 3, threads=5), reference.knn(q, db, 3))
 
 
 def test_non_contiguous_and_torch_inputs(backend: str) -> None:
@@ -220,7 +298,13 @@ def test_native_module_checks_its_own_inputs() -> None:
         native.hamming_distances(q, q[:, :4])
     with pytest.raises(ValueError, match="positive"):
         native.knn(q, q, 0)
-    assert native.cpu_features()["popcount_path"] in ("popcnt", "portable")
+    with pytest.raises(ValueError, match="threads"):
+        native.knn(q, q, 1, threads=-1)
+    with pytest.raises(ValueError, match="unknown SIMD path 'sse9'"):
+        native._set_simd_path("sse9")
+    features = native.cpu_features()
+    assert features["simd_path"] in features["simd_paths_supported"]
+    assert features["simd_paths_compiled"][-1] == "scalar" and "scalar" in features["simd_paths_supported"]
 
 
 def test_radius_accepts_real_numbers() -> None:
@@ -316,3 +400,97 @@ def test_dense_masked_similarity_gradcheck() -> None:
 def test_dense_rejects_bad_mask() -> None:
     with pytest.raises(ValueError, match="mask must have shape"):
         K.masked_similarity(torch.ones(2, 8), torch.ones(3, 8), torch.ones(3, 8))
+
+
+# --------------------------------------------------------------------------- the registered torch op
+
+
+def _dense_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tanh(torch.randn(5, 24, generator=g, dtype=torch.float64))
+    b = torch.tanh(torch.randn(7, 24, generator=g, dtype=torch.float64))
+    mask = (torch.rand(5, 24, generator=g, dtype=torch.float64) < 0.5).double()
+    mask[2] = 0.0
+    return a, b, mask
+
+
+def test_torch_op_is_registered_and_matches_reference_exactly() -> None:
+    from brcd_cli.kernels import dense_ops
+
+    assert dense_ops.op_status() == "available"
+    assert hasattr(torch.ops.brcd, "masked_similarity")
+    a, b, mask = _dense_inputs(0)
+    for m in (None, mask, mask[0], mask[1]):
+        got = K.masked_similarity(a, b, m)
+        want = reference.masked_similarity(a, b, m)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    # Mixed dtypes, integer +-1 codes and a float32 batch like the loss's.
+    ints = torch.randint(0, 2, (4, 16)) * 2 - 1
+    assert torch.equal(K.masked_similarity(ints, ints.float()), reference.masked_similarity(ints, ints.float()))
+    z = torch.randn(6, 32)
+    zm = (torch.rand(6, 32) < 0.7).float()
+    assert torch.equal(K.masked_similarity(z, z, zm), reference.masked_similarity(z, z, zm))
+
+
+def test_torch_op_backward_matches_autograd_and_gradchecks() -> None:
+    a, b, mask = _dense_inputs(1)
+    soft = (0.1 + torch.rand(5, 24, dtype=torch.float64))
+    for m in (None, mask, soft, soft[0]):
+        leaves = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+        mm = None if m is None else m.clone().requires_grad_(m is soft or m.ndim == 1)
+        out = K.masked_similarity(leaves[0], leaves[1], mm)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+        grads = torch.autograd.grad((out * weights).sum(), [*leaves] + ([mm] if mm is not None and mm.requires_grad else []))
+        ref_leaves = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+        rm = None if m is None else m.clone().requires_grad_(m is soft or m.ndim == 1)
+        ref_out = reference.masked_similarity(ref_leaves[0], ref_leaves[1], rm)
+        ref_grads = torch.autograd.grad((ref_out * weights).sum(),
+                                        [*ref_leaves] + ([rm] if rm is not None and rm.requires_grad else []))
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(torch.ops.brcd.masked_similarity,
+                                    (a.requires_grad_(), b.requires_grad_(), soft.requires_grad_()))
+    assert torch.autograd.gradcheck(torch.ops.brcd.masked_similarity, (a, b, None))
+    assert torch.autograd.gradcheck(lambda x, y: torch.ops.brcd.masked_similarity(x, y, mask), (a, b))
+
+
+def test_torch_op_opcheck_and_same_tensor_twice() -> None:
+    a, _, mask = _dense_inputs(2)
+    torch.library.opcheck(torch.ops.brcd.masked_similarity.default, (a, a, mask))
+    torch.library.opcheck(torch.ops.brcd.masked_similarity.default, (a, a[:3], None))
+    z = a.clone().requires_grad_()
+    K.masked_similarity(z, z, mask).sum().backward()
+    z_ref = a.clone().requires_grad_()
+    reference.masked_similarity(z_ref, z_ref, mask).sum().backward()
+    torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_fallback_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, mask = _dense_inputs(3)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    out = K.masked_similarity(a.requires_grad_(), b, mask)
+    assert out.grad_fn is not None and "brcd" not in type(out.grad_fn).__name__.lower()
+    assert torch.equal(out, reference.masked_similarity(a, b, mask))
+
+
+def test_brcd_loss_identical_with_op_and_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from brcd_cli.losses.brcd import BRCDLoss
+
+    g = torch.Generator().manual_seed(4)
+    s = torch.tanh(torch.randn(8, 32, generator=g))
+    t, t2 = torch.randn(8, 32, generator=g).sign(), torch.randn(8, 32, generator=g).sign()
+    clusters = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    centres = torch.randn(3, 32, generator=g).sign()
+    masks = (torch.rand(3, 32, generator=g) < 0.6).float()
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = s.clone().requires_grad_()
+        loss = BRCDLoss()(leaf, t, t2, clusters, centres, masks)
+        loss.backward()
+        return loss.detach(), leaf.grad
+
+    loss_op, grad_op = run()
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    loss_ref, grad_ref = run()
+    assert torch.equal(loss_op, loss_ref)
+    torch.testing.assert_close(grad_op, grad_ref, rtol=1e-5, atol=1e-7)

@@ -2,9 +2,13 @@
 precision within a Hamming radius and the Hamming-radius precision/recall curve.
 
 All functions take packed codes (uint8, LSB-first, as in docs/codes-format.md)
-and labels, rank the database by (Hamming distance, database index), and call
-``brcd_cli.kernels.hamming_distances`` on chunks of queries so memory stays
-bounded for large query sets. Labels are either multi-hot arrays (q, C) and
+and labels and rank the database by (Hamming distance, database index).
+Measures that only look at the top of the ranking (mAP@K, precision@N) ask
+``brcd_cli.kernels.knn`` for the first K of each ranking, an exact native
+selection that never sorts the whole database; measures that need every
+distance (tie-aware mAP, radius precision, the PR curve) histogram the output
+of ``brcd_cli.kernels.hamming_distances``. Both work on chunks of queries so
+memory stays bounded for large query sets. Labels are either multi-hot arrays (q, C) and
 (n, C) or 1-D integer class ids; a database item is relevant to a query when
 they share at least one label.
 
@@ -22,6 +26,8 @@ import numpy as np
 MAX_CHUNK_QUERIES = 256
 # Bounds the (queries x database) arrays of one chunk: 2**23 int64 entries is 64 MiB.
 MAX_CHUNK_ELEMENTS = 1 << 23
+# Ranked chunks hold only the top of each ranking, so they can take more queries per kernel call.
+MAX_RANKED_CHUNK_QUERIES = 4096
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,7 @@ def average_precision_at_k(
     data = _retrieval(query_packed, db_packed, query_labels, db_labels)
     k = data.top_k(k)
     result = np.zeros(data.n_queries, dtype=np.float64)
-    for rows, distances, relevant in data.chunks():
-        hits = _ranked_relevance(distances, relevant, data.bits)[:, :k]
+    for rows, hits in data.ranked_chunks(k):
         found = np.cumsum(hits, axis=1, dtype=np.int64)
         ranks = np.arange(1, k + 1, dtype=np.float64)
         total = np.sum(np.where(hits, found / ranks, 0.0), axis=1)
@@ -139,8 +144,8 @@ def precision_at_n(
     if not n_values or n_values[0] < 1 or n_values[-1] > data.n_db:
         raise ValueError(f"every N must be between 1 and the database size {data.n_db}, got {n_values}")
     sums = np.zeros(len(n_values), dtype=np.float64)
-    for _, distances, relevant in data.chunks():
-        found = np.cumsum(_ranked_relevance(distances, relevant, data.bits)[:, : n_values[-1]], axis=1, dtype=np.int64)
+    for _, hits in data.ranked_chunks(n_values[-1]):
+        found = np.cumsum(hits, axis=1, dtype=np.int64)
         sums += found[:, np.array(n_values) - 1].sum(axis=0)
     return {n: float(total / (n * data.n_queries)) for n, total in zip(n_values, sums, strict=True)}
 
@@ -246,6 +251,24 @@ class _Retrieval:
             distances = np.asarray(kernels.hamming_distances(self.query_packed[rows], self.db_packed))
             yield rows, distances, _relevance(self.query_labels[rows], self.db_labels)
 
+    def ranked_chunks(self, depth: int) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield (query rows, relevance of the first `depth` ranked items (rows, depth)) per chunk.
+
+        The first `depth` items by (distance, index) come from the exact k-NN
+        kernel, so they are exactly the first `depth` columns of a stable sort
+        of the full distance rows, without computing or sorting those rows.
+        """
+        from brcd_cli import kernels
+
+        query_keys, db_keys = _label_keys(self.query_labels, self.db_labels)
+        as_bits = self.query_labels.ndim == 2
+        width = 1 if db_keys.ndim == 1 else db_keys.shape[1]
+        step = max(1, min(MAX_RANKED_CHUNK_QUERIES, MAX_CHUNK_ELEMENTS // (depth * width)))
+        for start in range(0, self.n_queries, step):
+            rows = slice(start, start + step)
+            _, order = kernels.knn(self.query_packed[rows], self.db_packed, depth)
+            yield rows, _gathered_relevance(query_keys[rows], db_keys, order, as_bits)
+
 
 def _retrieval(
     query_packed: np.ndarray,
@@ -303,15 +326,40 @@ def _relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
     return (query_labels @ db_labels.T) > 0
 
 
-def _ranked_relevance(distances: np.ndarray, relevant: np.ndarray, bits: int) -> np.ndarray:
-    """Relevance in rank order; a stable sort breaks distance ties by database index.
+def _label_keys(query_labels: np.ndarray, db_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels in a form that is cheap to gather at ranked positions.
 
-    Distances fit in uint16 for any realistic code length, where numpy's stable
-    sort is a radix sort, several times faster than sorting int32.
+    Class ids stay as they are (compared by equality). Multi-hot rows become
+    bit sets, one uint64 per 64 classes ((n,) for up to 64 classes, else
+    (n, words)): two items share a label exactly when their bit sets intersect,
+    the same test as a positive dot product of 0/1 vectors, with 8 bytes per
+    item to gather instead of 4 bytes per class.
     """
-    keys = distances.astype(np.uint16) if bits <= np.iinfo(np.uint16).max else distances
-    order = np.argsort(keys, axis=1, kind="stable")
-    return np.take_along_axis(relevant, order, axis=1)
+    if query_labels.ndim == 1:
+        return query_labels, db_labels
+
+    def bits(labels: np.ndarray) -> np.ndarray:
+        packed = np.packbits(labels != 0, axis=1, bitorder="little")
+        words = -(-packed.shape[1] // 8)
+        padded = np.zeros((len(labels), 8 * words), dtype=np.uint8)
+        padded[:, : packed.shape[1]] = packed
+        keys = padded.view(np.uint64)
+        return keys[:, 0] if words == 1 else keys
+
+    return bits(query_labels), bits(db_labels)
+
+
+def _gathered_relevance(query_keys: np.ndarray, db_keys: np.ndarray, order: np.ndarray, as_bits: bool) -> np.ndarray:
+    """Boolean (q, depth): whether query i shares a label with database item order[i, j].
+
+    Same criterion as :func:`_relevance`, evaluated only at the ranked items,
+    on the keys of :func:`_label_keys` (bit sets when ``as_bits``, else class ids).
+    """
+    if not as_bits:
+        return query_keys[:, None] == db_keys[order]
+    if db_keys.ndim == 1:
+        return (query_keys[:, None] & db_keys[order]) != 0
+    return ((query_keys[:, None, :] & db_keys[order]) != 0).any(axis=2)
 
 
 def _distance_histograms(distances: np.ndarray, relevant: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
