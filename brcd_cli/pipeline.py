@@ -198,12 +198,22 @@ def read_query_image(path: Path, size: int):
 
 
 def search_codes_file(packed: np.ndarray, codes_path: Path, model_bits: int, model_space: str, k: int = 10,
-                      radius: Optional[int] = None) -> list[Hit]:
-    """Rank one codes file against one packed query (shape (1, bits/8)); refuses another code space."""
+                      radius: Optional[int] = None, exact_scan: bool = False,
+                      log: Callable[[str], None] = lambda _: None) -> list[Hit]:
+    """Rank one codes file against one packed query (shape (1, bits/8)); refuses another code space.
+
+    A valid index beside the codes (``<codes>.mih``, from ``brcd index``) answers
+    the request when it suits it (radius search with few probes, small k);
+    ``exact_scan`` forces the linear scan. Both give the same hits.
+    """
     from .codes import read_codes
+    from .search.mih import index_suits, open_for_search, search_indexed
 
     with read_codes(codes_path) as codes:
         check_compatible(codes.bits, codes.code_space, model_bits, model_space, str(codes_path))
+        index = None if exact_scan else open_for_search(codes, log)
+        if index is not None and index_suits(codes.count, codes.bits, index.info.m, k=k, radius=radius):
+            return search_indexed(packed, codes, index, k=k, radius=radius)[0]
         if radius is not None:
             return within_radius(packed, np.asarray(codes.codes), codes.ids, radius)[0]
         return knn(packed, np.asarray(codes.codes), codes.ids, k)[0]
@@ -217,13 +227,18 @@ def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
 
 
 def search_image(query: Path, codes_path: Union[Path, Sequence[Path]], model_dir: Path, k: int = 10,
-                 radius: Optional[int] = None) -> list[Hit]:
-    """Encode ``query`` with the model and rank one codes file, or several as if they were one (shards)."""
+                 radius: Optional[int] = None, exact_scan: bool = False,
+                 log: Callable[[str], None] = lambda _: None) -> list[Hit]:
+    """Encode ``query`` with the model and rank one codes file, or several as if they were one (shards).
+
+    Each codes file is searched through its index when it has a valid one that
+    suits the request, else scanned; ``exact_scan`` forces the scan.
+    """
     paths = [Path(codes_path)] if isinstance(codes_path, (str, os.PathLike)) else [Path(p) for p in codes_path]
     if not paths:
         raise BrcdError("give at least one codes file")
     packed, bits, space = encode_query(query, model_dir)
     if len(paths) == 1:
-        return search_codes_file(packed, paths[0], bits, space, k, radius)
-    per_file = [(str(p), search_codes_file(packed, p, bits, space, k, radius)) for p in paths]
+        return search_codes_file(packed, paths[0], bits, space, k, radius, exact_scan, log)
+    per_file = [(str(p), search_codes_file(packed, p, bits, space, k, radius, exact_scan, log)) for p in paths]
     return merge_hits(per_file, None if radius is not None else k)

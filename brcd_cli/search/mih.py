@@ -1,0 +1,410 @@
+"""The multi-index hashing index file of a codes file: build it, open it (memory-mapped), search through it.
+
+``brcd index codes.bin`` writes ``codes.bin.mih`` beside the codes (or
+``--out``). The byte layout is documented in docs/index-format.md; in short a
+checksummed header (magic, version, bits, count, m, the sha256 of the indexed
+codes and the codes file's producer and code space), one directory record per
+substring table, then the tables' arrays, each 64-byte aligned so they map as
+typed numpy arrays without a copy.
+
+An index belongs to exactly one codes file: opening it against other codes is
+refused with the reason. When codes were appended (a codes file rewritten
+with the same first ``count`` codes and more after them) the index still
+holds for that prefix: a search answers from the index for the prefix and
+scans only the appended tail, exactly; ``brcd index`` rebuilds it to cover
+everything (a rebuild costs about as much as re-reading the codes, which any
+check of the prefix must do anyway).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from math import comb
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import kernels
+from ..errors import BrcdError
+from ..kernels import mih
+from .flat import Hit
+
+MAGIC = b"BRCDMIDX"
+VERSION = 1
+SUFFIX = ".mih"
+ALIGNMENT = 64
+# magic, version, bits, m, flags, count, codes_sha256, producer, code_space, data_crc32, header_crc32
+_HEADER = struct.Struct("<8s4IQ32s32s32s2I")
+HEADER_SIZE = _HEADER.size  # 136
+# start, width, direct, reserved, n_buckets, keys_offset, offsets_offset, ids_offset, codes_offset
+_TABLE = struct.Struct("<4I5Q")
+_CRC_BLOCK = 1 << 24
+
+# k-NN goes through the index up to this k; beyond it the growing radius probes
+# so many buckets that a linear scan is as fast (measured with brcd bench lookup).
+INDEX_MAX_K = 32
+# Below this many codes a scan takes microseconds and an index cannot pay for itself.
+INDEX_MIN_CODES = 4096
+
+
+class IndexFileError(BrcdError):
+    """An index file is missing, corrupt, or does not belong to the codes file it is opened with."""
+
+    exit_code = 5
+
+
+class IndexStale(IndexFileError):
+    """The codes file grew since the index was built; the index still covers its first ``count`` codes."""
+
+
+def default_index_path(codes_path: os.PathLike[str] | str) -> Path:
+    """Where ``brcd index`` puts the index of a codes file, and where ``brcd search`` looks for it."""
+    p = Path(codes_path)
+    return p.with_name(p.name + SUFFIX)
+
+
+def _align(x: int) -> int:
+    return -(-x // ALIGNMENT) * ALIGNMENT
+
+
+def codes_digest(codes: np.ndarray) -> bytes:
+    """sha256 of the packed codes' bytes: what ties an index to the codes it was built from."""
+    digest = hashlib.sha256()
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    for start in range(0, flat.size, _CRC_BLOCK):
+        digest.update(memoryview(flat[start : start + _CRC_BLOCK]))
+    return digest.digest()
+
+
+@dataclass
+class IndexInfo:
+    """What the header of an index file says."""
+
+    path: Path
+    bits: int
+    m: int
+    count: int
+    codes_sha256: bytes
+    producer: bytes
+    code_space: bytes
+    file_size: int
+
+    @property
+    def bytes_per_code(self) -> float:
+        """Index file bytes per indexed code (tables, ids, per-table code copies, header)."""
+        return self.file_size / max(self.count, 1)
+
+
+class IndexFile:
+    """An open index: its header and a :class:`brcd_cli.kernels.mih.MultiIndex` over the mapped tables."""
+
+    def __init__(self, info: IndexInfo, index: mih.MultiIndex) -> None:
+        self.info = info
+        self.index = index
+
+    @property
+    def count(self) -> int:
+        return self.info.count
+
+
+# -- writing --------------------------------------------------------------------------------------------------
+
+
+def write_index(path: Path, tables: list[mih.Table], bits: int, codes_sha256: bytes, producer: bytes = b"",
+                code_space: bytes = b"") -> int:
+    """Write tables to ``path`` atomically (temp file, fsync, rename); returns the file size."""
+    path = Path(path)
+    count = len(tables[0].ids) if tables else 0
+    directory_end = HEADER_SIZE + _TABLE.size * len(tables)
+    pos = _align(directory_end)
+    records, chunks = [], []
+    for t in tables:
+        arrays = {}
+        for name, arr in (("keys", t.keys), ("offsets", t.offsets), ("ids", t.ids), ("codes", t.codes)):
+            if arr is None:
+                arrays[name] = 0
+                continue
+            raw = np.ascontiguousarray(arr, dtype=np.uint8 if name == "codes" else "<u4")
+            arrays[name] = pos
+            chunks.append((pos, raw))
+            pos = _align(pos + raw.nbytes)
+        n_buckets = len(t.keys) if t.keys is not None else 2**t.width
+        records.append(_TABLE.pack(t.start, t.width, int(t.keys is None), 0, n_buckets, arrays["keys"],
+                                   arrays["offsets"], arrays["ids"], arrays["codes"]))
+    size = pos
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            fh.truncate(size)
+            fh.seek(HEADER_SIZE)
+            fh.write(b"".join(records))
+            for offset, raw in chunks:
+                fh.seek(offset)
+                fh.write(memoryview(raw).cast("B"))
+            fh.flush()
+            crc = _crc_of(fh, HEADER_SIZE, size)
+            header = _HEADER.pack(MAGIC, VERSION, bits, len(tables), 0, count, codes_sha256,
+                                  producer.ljust(32, b"\0")[:32], code_space.ljust(32, b"\0")[:32], crc, 0)[:-4]
+            fh.seek(0)
+            fh.write(header + struct.pack("<I", zlib.crc32(header)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _crc_of(fh, start: int, end: int) -> int:
+    crc = 0
+    fh.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        block = fh.read(min(_CRC_BLOCK, remaining))
+        if not block:
+            break
+        crc = zlib.crc32(block, crc)
+        remaining -= len(block)
+    return crc
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+
+
+def _problem(path: Path, text: str) -> IndexFileError:
+    return IndexFileError(f"index file {os.fspath(path)!r} {text}")
+
+
+def read_index_info(path: Path) -> IndexInfo:
+    """Decode and check the header (magic, version, header checksum, size)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(HEADER_SIZE)
+            size = os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        raise _problem(path, "does not exist; build it with brcd index") from None
+    except OSError as exc:
+        raise _problem(path, f"cannot be read ({exc.strerror or exc})") from None
+    if raw[:8] != MAGIC:
+        raise _problem(path, "is not a brcd index file (its first bytes are not the magic BRCDMIDX)")
+    if len(raw) < HEADER_SIZE:
+        raise _problem(path, "is truncated (shorter than its header)")
+    magic, version, bits, m, _flags, count, sha, producer, space, _crc, header_crc = _HEADER.unpack(raw)
+    if version != VERSION:
+        newer = "a newer brcd; upgrade brcd or rebuild it" if version > VERSION else "an unknown version"
+        raise _problem(path, f"has format version {version}, from {newer}")
+    if zlib.crc32(raw[:-4]) != header_crc:
+        raise _problem(path, "has a corrupt header (header checksum mismatch); rebuild it with brcd index --force")
+    return IndexInfo(path, bits, m, count, sha, producer, space, size)
+
+
+def open_index(path: Path, *, backend: Optional[str] = None, verify: bool = True) -> IndexFile:
+    """Map an index file and check it is whole (checksum, layout); ``verify=False`` skips the data checksum."""
+    info = read_index_info(path)
+    path = info.path
+    mapping = np.memmap(path, dtype=np.uint8, mode="r") if info.file_size else np.zeros(0, np.uint8)
+    if verify:
+        crc = 0
+        for start in range(HEADER_SIZE, info.file_size, _CRC_BLOCK):
+            crc = zlib.crc32(mapping[start : min(start + _CRC_BLOCK, info.file_size)], crc)
+        if crc != _HEADER.unpack(bytes(mapping[:HEADER_SIZE]))[9]:
+            raise _problem(path, "is corrupt (data checksum mismatch); rebuild it with brcd index --force")
+    nb = info.bits // 8
+    try:
+        layout = mih.substring_layout(info.bits, info.m)
+        tables = []
+        for j, (start, width) in enumerate(layout):
+            rec = _TABLE.unpack_from(bytes(mapping[HEADER_SIZE + j * _TABLE.size : HEADER_SIZE + (j + 1) * _TABLE.size]))
+            t_start, t_width, direct, _, n_buckets, keys_at, offsets_at, ids_at, codes_at = rec
+            if (t_start, t_width) != (start, width):
+                raise ValueError(f"table {j} covers bits {t_start}+{t_width}, expected {start}+{width}")
+            keys = None if direct else _view(mapping, keys_at, "<u4", (n_buckets,))
+            offsets = _view(mapping, offsets_at, "<u4", (n_buckets + 1,))
+            ids = _view(mapping, ids_at, "<u4", (info.count,))
+            codes = _view(mapping, codes_at, np.uint8, (info.count, nb))
+            tables.append(mih.Table(start, width, keys, offsets, ids, codes))
+        index = mih.MultiIndex(info.bits, tables, backend=backend)
+    except (ValueError, struct.error) as exc:
+        raise _problem(path, f"is corrupt ({exc}); rebuild it with brcd index --force") from None
+    return IndexFile(info, index)
+
+
+def _view(mapping: np.ndarray, offset: int, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    if offset % ALIGNMENT or offset < HEADER_SIZE or offset + nbytes > mapping.size:
+        raise ValueError("an array lies outside the file")
+    return mapping[offset : offset + nbytes].view(dt).reshape(shape)
+
+
+def check_matches(info: IndexInfo, codes) -> None:
+    """Refuse an index built from other codes; raise :class:`IndexStale` when codes were only appended.
+
+    ``codes`` is an open :class:`brcd_cli.codes.CodesFile`.
+    """
+    where = f"index file {os.fspath(info.path)!r}"
+    if info.bits != codes.bits:
+        raise IndexFileError(f"{where} indexes {info.bits}-bit codes but {codes.path} holds {codes.bits}-bit codes")
+    if (info.producer.hex(), info.code_space.hex()) != (codes.producer, codes.code_space):
+        raise IndexFileError(f"{where} was built from codes of another model than {codes.path}; rebuild it with brcd index --force")
+    if info.count > codes.count or codes_digest(np.asarray(codes.codes[: info.count])) != info.codes_sha256:
+        raise IndexFileError(f"{where} was built from other codes than {codes.path}; rebuild it with brcd index --force")
+    if info.count < codes.count:
+        raise IndexStale(f"{where} covers the first {info.count} of the {codes.count} codes in {codes.path}; "
+                         "run brcd index to extend it")
+
+
+# -- building -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    """What ``brcd index`` did."""
+
+    path: Path
+    count: int
+    m: int
+    bits: int
+    seconds: float
+    file_bytes: int
+    action: str  # "built", "rebuilt" or "up to date"
+
+    @property
+    def bytes_per_code(self) -> float:
+        return self.file_bytes / max(self.count, 1)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "count": self.count, "m": self.m, "bits": self.bits,
+                "seconds": round(self.seconds, 4), "file_bytes": self.file_bytes,
+                "bytes_per_code": round(self.bytes_per_code, 2), "action": self.action}
+
+
+def build_index(codes_path: Path, out: Optional[Path] = None, m: Optional[int] = None, force: bool = False,
+                log: Callable[[str], None] = lambda _: None) -> BuildReport:
+    """Index a codes file; returns what was done.
+
+    An existing index of the same codes (and the same m, when one is asked
+    for) is left alone; one whose codes file has grown since is rebuilt over
+    all codes (keeping its m unless another is asked for); an index of other
+    codes is replaced only with ``force``.
+    """
+    from ..codes import read_codes
+
+    codes_path = Path(codes_path)
+    out = Path(out) if out is not None else default_index_path(codes_path)
+    if out.is_dir():
+        raise BrcdError(f"{out} is a folder; give a file name for the index")
+    with read_codes(codes_path) as codes:
+        action = "built"
+        if out.exists():
+            try:
+                info = read_index_info(out)
+                check_matches(info, codes)
+            except IndexStale:
+                action = "rebuilt"
+                m = info.m if m is None else m
+                log(f"{codes_path} grew from {info.count} to {codes.count} codes since {out} was built; rebuilding it")
+            except IndexFileError as exc:
+                if not force:
+                    raise BrcdError(f"{exc}; pass --force to replace it") from None
+                action = "rebuilt"
+            else:
+                if m is None or m == info.m:
+                    return BuildReport(out, info.count, info.m, info.bits, 0.0, info.file_size, "up to date")
+                action = "rebuilt"
+        data = np.asarray(codes.codes)
+        if m is not None and not 1 <= m <= codes.bits:
+            raise BrcdError(f"--m must be between 1 and {codes.bits}, got {m}")
+        t0 = time.perf_counter()
+        try:
+            tables = mih.build_tables(data, m)
+        except ValueError as exc:
+            raise BrcdError(str(exc)) from None
+        size = write_index(out, tables, codes.bits, codes_digest(data), bytes.fromhex(codes.producer),
+                           bytes.fromhex(codes.code_space))
+        seconds = time.perf_counter() - t0
+    return BuildReport(out, int(data.shape[0]), len(tables), codes.bits, seconds, size, action)
+
+
+# -- searching ------------------------------------------------------------------------------------------------
+
+
+def index_suits(count: int, bits: int, m: int, k: Optional[int] = None, radius: Optional[int] = None) -> bool:
+    """Whether the index should beat a scan for this request.
+
+    Radius search: when the buckets it probes are few next to the codes a scan
+    reads (each probe is a random access, a scanned code a few bytes in a
+    stream). k-NN: for small k only; its radius grows until k codes are found.
+    """
+    if count < INDEX_MIN_CODES:
+        return False
+    if radius is not None:
+        layout = mih.substring_layout(bits, m)
+        probes = sum(comb(w, s) for (_, w), top in zip(layout, mih.probe_radii(min(radius, bits), m))
+                     for s in range(0, min(top, w) + 1))
+        return probes * 16 <= count
+    return k is not None and k <= INDEX_MAX_K
+
+
+def search_indexed(packed: np.ndarray, codes, index: IndexFile, k: int = 10, radius: Optional[int] = None,
+                   threads: int = 1) -> list[list[Hit]]:
+    """Exact search of an open codes file through its index (the index may cover only a prefix).
+
+    Codes appended after the indexed prefix are scanned and merged in, so the
+    result always equals a linear scan of the whole file, ties by index.
+    """
+    n_indexed = index.count
+    tail = np.asarray(codes.codes[n_indexed:])
+    out: list[list[Hit]] = []
+    if radius is not None:
+        lims, dist, idx = index.index.radius_search(packed, radius, threads=threads)
+        if len(tail):
+            tl, td, ti = kernels.radius_search(packed, tail, radius)
+        for q in range(len(packed)):
+            d, i = dist[lims[q] : lims[q + 1]], idx[lims[q] : lims[q + 1]]
+            if len(tail):
+                d = np.concatenate([d, td[tl[q] : tl[q + 1]]])
+                i = np.concatenate([i, ti[tl[q] : tl[q + 1]] + n_indexed])
+            out.append(_hits(d, i, codes.ids))
+        return out
+    dist, idx = index.index.knn(packed, k, threads=threads)
+    if len(tail):
+        td, ti = kernels.knn(packed, tail, k)
+        dist = np.concatenate([dist, td], axis=1)
+        idx = np.concatenate([idx, ti + n_indexed], axis=1)
+    for q in range(len(packed)):
+        out.append(_hits(dist[q], idx[q], codes.ids, k))
+    return out
+
+
+def _hits(d: np.ndarray, i: np.ndarray, ids, k: Optional[int] = None) -> list[Hit]:
+    order = np.lexsort((i, d))
+    if k is not None:
+        order = order[:k]
+    return [Hit(rank=r + 1, index=int(i[j]), distance=int(d[j]), id=ids[int(i[j])]) for r, j in enumerate(order)]
+
+
+def open_for_search(codes, log: Callable[[str], None] = lambda _: None) -> Optional[IndexFile]:
+    """The valid index beside an open codes file, or None (with a note why when one exists but cannot be used)."""
+    path = default_index_path(codes.path)
+    if not path.exists():
+        return None
+    try:
+        info = read_index_info(path)
+        try:
+            check_matches(info, codes)
+        except IndexStale as exc:
+            log(f"note: {exc}; searching the appended codes by scan")
+        return open_index(path)
+    except IndexFileError as exc:
+        log(f"note: not using the index: {exc}")
+        return None

@@ -1,0 +1,850 @@
+// Exact multi-index hashing (MIH) over packed binary codes, for brcd
+// (Python module brcd_cli._mih_cpu).
+//
+// The L-bit code is cut into m contiguous substrings; table j maps the value
+// of substring j (its "key", at most 32 bits) to the ids of the codes that
+// carry it, as CSR: offsets[key] .. offsets[key + 1] index into ids, and ids
+// inside a bucket are increasing. A table is either direct-address (offsets
+// has 2^w + 1 entries) or sorted (keys holds the distinct keys, ascending,
+// offsets has len(keys) + 1 entries and a lookup is a binary search).
+// Each table also keeps a copy of the codes in its own bucket order, so the
+// candidates of a bucket are checked by reading memory sequentially instead
+// of jumping around the codes array once per candidate (at a million codes
+// the jumps, not the popcounts, would dominate a k-NN search).
+//
+// Radius search (Norouzi, Punjani & Fleet): write r = m * r' + a with
+// 0 <= a < m. If d(q, x) <= r then some substring j < a + 1 has d_j <= r', or
+// some later one has d_j <= r' - 1 (otherwise the distance would be at least
+// (a + 1)(r' + 1) + (m - a - 1) r' = r + 1). So table j is probed with every
+// key at substring distance <= r_j (r' or r' - 1), each candidate's full
+// distance is checked, and the survivors are sorted by (distance, index).
+//
+// Deduplication keeps no per-query state: a code is found in table j exactly
+// when d_j <= r_j (at level s = d_j), and it is reported only by the table
+// that minimises (d_i, i). That table always probes it when d(q, x) <= r: the
+// minimising table has d_i no larger than any covering table's, and radii
+// only fall by one from the first a + 1 tables to the rest, so a tie with a
+// later-radius table is broken towards the earlier, wider one.
+//
+// k-NN grows the search one (level, table) step at a time in the order
+// (0, 0), (0, 1), ..., (0, m-1), (1, 0), ...: a code is first reached at the
+// step (d_i, i) of its minimising table, which is again the table that
+// reports it. After step (s, j) every code with
+//   d <= sum_i (probed_i + 1) - 1,  probed_i = s for i <= j, s - 1 for i > j,
+// has been found; the search stops once k found codes lie within that
+// guaranteed radius, and returns the k smallest by (distance, index).
+//
+// The search (its candidate check: xor, popcount of the code and of each
+// substring) is compiled three times through target attributes: portable,
+// with the popcnt instruction, and for AVX-512 VPOPCNTDQ (64-bit codes, whose
+// per-bucket distance loop then becomes per-lane vector popcounts). The best
+// one the CPU has is chosen at run time; BRCD_SIMD=scalar|popcnt|avx2|avx512
+// caps it, as it does for the scan kernels. No -march flag is needed, so one
+// build runs on any x86-64 CPU and on other architectures (portable only).
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+
+static constexpr int kApiVersion = 1;
+static constexpr int kMaxWords = 8;  // codes up to 512 bits
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BRCD_MIH_X86 1
+#define BRCD_TARGET_POPCNT __attribute__((target("popcnt")))
+#define BRCD_TARGET_AVX512 __attribute__((target("popcnt,avx2,avx512f,avx512vl,avx512bw,avx512vpopcntdq")))
+#else
+#define BRCD_MIH_X86 0
+#define BRCD_TARGET_POPCNT
+#endif
+#define BRCD_INLINE inline __attribute__((always_inline))
+// Lambdas on the hot path must be inlined into the target-specific entry
+// points too: a lambda body compiled on its own would get the default target
+// and a library call for every popcount.
+#define BRCD_LAMBDA_INLINE __attribute__((always_inline))
+
+namespace {
+
+using U32Array = py::array_t<uint32_t, py::array::c_style>;
+using U8Array = py::array_t<uint8_t, py::array::c_style>;
+
+// Where one substring lies in the code, seen as little-endian 64-bit words.
+struct Substring {
+    uint32_t start = 0;  // first bit
+    uint32_t width = 0;  // bits, 1..32
+    uint32_t word0 = 0, word1 = 0;
+    uint32_t shift = 0;
+    uint64_t mask0 = 0, mask1 = 0;  // the substring's bits in word0 and word1 (mask1 == 0: one word)
+    uint64_t key_mask = 0;
+
+    Substring(uint32_t s, uint32_t w) : start(s), width(w) {
+        word0 = s / 64;
+        shift = s % 64;
+        key_mask = (w == 64) ? ~0ULL : ((1ULL << w) - 1);
+        mask0 = key_mask << shift;
+        if (shift + w > 64) {
+            word1 = word0 + 1;
+            mask1 = key_mask >> (64 - shift);
+        } else {
+            word1 = word0;
+            mask1 = 0;
+        }
+    }
+
+    BRCD_INLINE uint32_t key(const uint64_t* words) const {
+        uint64_t v = words[word0] >> shift;
+        if (mask1) v |= words[word1] << (64 - shift);
+        return static_cast<uint32_t>(v & key_mask);
+    }
+};
+
+struct Table {
+    Substring sub;
+    const uint32_t* keys = nullptr;  // sorted tables only
+    const uint32_t* offsets = nullptr;
+    const uint32_t* ids = nullptr;
+    const uint8_t* codes = nullptr;  // codes[p] is the code of ids[p]
+    size_t n_buckets = 0;
+
+    // The [begin, end) range of ids whose substring equals key.
+    BRCD_INLINE void bucket(uint32_t key, uint32_t& begin, uint32_t& end) const {
+        if (keys == nullptr) {
+            begin = offsets[key];
+            end = offsets[key + 1];
+            return;
+        }
+        const uint32_t* it = std::lower_bound(keys, keys + n_buckets, key);
+        if (it == keys + n_buckets || *it != key) {
+            begin = end = 0;
+            return;
+        }
+        size_t b = static_cast<size_t>(it - keys);
+        begin = offsets[b];
+        end = offsets[b + 1];
+    }
+};
+
+struct Codes {
+    const uint8_t* data = nullptr;
+    size_t n = 0;
+    size_t nb = 0;  // bytes per code
+    size_t nw = 0;  // 64-bit words per code (last one zero-padded)
+
+    BRCD_INLINE void load(size_t i, uint64_t* out) const {
+        out[nw - 1] = 0;
+        std::memcpy(out, data + i * nb, nb);
+    }
+};
+
+// Loads of a whole code specialised for the common widths (64, 128, 256 bits),
+// so the hot loop reads words directly instead of calling memcpy.
+template <int NW>
+struct FixedLoad {
+    static constexpr size_t kWords = NW;
+    static BRCD_INLINE void load(const uint8_t* base, size_t, size_t, size_t i, uint64_t* out) {
+        std::memcpy(out, base + i * (8 * NW), 8 * NW);
+    }
+};
+struct AnyLoad {
+    static constexpr size_t kWords = 0;  // known only at run time
+    static BRCD_INLINE void load(const uint8_t* base, size_t nb, size_t nw, size_t i, uint64_t* out) {
+        out[nw - 1] = 0;
+        std::memcpy(out, base + i * nb, nb);
+    }
+};
+
+BRCD_INLINE int popcount64(uint64_t x) { return __builtin_popcountll(x); }
+
+// Visit every w-bit mask with exactly s bits set (Gosper's hack), in increasing order.
+template <class F>
+BRCD_INLINE void for_each_mask(uint32_t w, uint32_t s, F&& f) {
+    if (s == 0) {
+        f(uint64_t{0});
+        return;
+    }
+    if (s > w) return;
+    const uint64_t limit = (w == 64) ? 0 : (1ULL << w);
+    uint64_t v = (s == 64) ? ~0ULL : ((1ULL << s) - 1);
+    while (true) {
+        f(v);
+        uint64_t t = v | (v - 1);
+        uint64_t low = ~t & (t + 1);
+        if (t + 1 == 0) break;  // v was the highest mask of 64 bits
+        uint64_t next = (t + 1) | (((low - 1) >> (__builtin_ctzll(v) + 1)));
+        if (limit && next >= limit) break;
+        v = next;
+    }
+}
+
+struct IndexView {
+    size_t n = 0, nb = 0, nw = 0;  // codes, bytes and 64-bit words per code
+    std::vector<Table> tables;
+    uint32_t bits = 0;
+};
+
+// C(n, k) for n <= 64 (saturating; only compared with bucket counts).
+BRCD_INLINE uint64_t binomial(uint32_t n, uint32_t k) {
+    if (k > n) return 0;
+    k = std::min(k, n - k);
+    unsigned __int128 c = 1;
+    for (uint32_t i = 1; i <= k; ++i) {
+        c = c * (n - k + i) / i;
+        if (c > (static_cast<unsigned __int128>(1) << 63)) return ~0ULL;
+    }
+    return static_cast<uint64_t>(c);
+}
+
+// Visit the non-empty buckets at substring distance exactly s from qkey, as
+// [begin, end) ranges. A bucket is a random place in a table of many
+// megabytes, so each visit would stall on a cache miss; instead the keys are
+// listed first and the work runs as a pipeline: the offsets of the bucket
+// kAheadOffsets keys ahead are prefetched, the codes of the bucket kAheadCodes
+// ahead are prefetched once its offsets are read, and only then is a bucket
+// scanned, by which time its cache lines have (mostly) arrived.
+template <class F>
+BRCD_INLINE void for_each_bucket(const IndexView& ix, const Table& t, uint32_t qkey, uint32_t s, F&& f) {
+    constexpr size_t kAheadOffsets = 16, kAheadCodes = 8;
+    constexpr size_t kPrefetchBytes = 256;
+    thread_local std::vector<uint32_t> keys;
+    keys.clear();
+    if (binomial(t.sub.width, s) <= t.n_buckets) {
+        for_each_mask(t.sub.width, s, [&](uint64_t mask) BRCD_LAMBDA_INLINE { keys.push_back(qkey ^ static_cast<uint32_t>(mask)); });
+    } else {
+        // More keys at this distance than buckets in the table (a wide substring
+        // or a large radius): walk the buckets instead of enumerating the keys.
+        for (size_t b = 0; b < t.n_buckets; ++b) {
+            const uint32_t key = t.keys ? t.keys[b] : static_cast<uint32_t>(b);
+            if (static_cast<uint32_t>(popcount64(key ^ qkey)) == s) keys.push_back(key);
+        }
+    }
+    const size_t n = keys.size();
+    const bool direct = t.keys == nullptr;
+    uint32_t ring_begin[kAheadCodes], ring_end[kAheadCodes];
+    auto locate = [&](size_t i) BRCD_LAMBDA_INLINE {
+        uint32_t b, e;
+        t.bucket(keys[i], b, e);
+        ring_begin[i % kAheadCodes] = b;
+        ring_end[i % kAheadCodes] = e;
+        const uint8_t* first = t.codes + static_cast<size_t>(b) * ix.nb;
+        const size_t bytes = std::min(kPrefetchBytes, static_cast<size_t>(e - b) * ix.nb);
+        for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(first + off);
+    };
+    if (direct)
+        for (size_t i = 0; i < std::min(kAheadOffsets, n); ++i) __builtin_prefetch(t.offsets + keys[i]);
+    for (size_t i = 0; i < std::min(kAheadCodes, n); ++i) locate(i);
+    for (size_t i = 0; i < n; ++i) {
+        if (direct && i + kAheadOffsets < n) __builtin_prefetch(t.offsets + keys[i + kAheadOffsets]);
+        const uint32_t b = ring_begin[i % kAheadCodes], e = ring_end[i % kAheadCodes];
+        if (i + kAheadCodes < n) locate(i + kAheadCodes);  // reuses slot i % kAheadCodes, read just above
+        if (b < e) f(b, e);
+    }
+}
+
+// Substring distances: is table j the first (by (d_i, i)) to reach this code?
+BRCD_INLINE bool reported_by(const IndexView& ix, const uint64_t* x, size_t j, uint32_t dj) {
+    const size_t m = ix.tables.size();
+    for (size_t i = 0; i < m; ++i) {
+        if (i == j) continue;
+        const Substring& s = ix.tables[i].sub;
+        uint32_t di = static_cast<uint32_t>(popcount64(x[s.word0] & s.mask0) + popcount64(x[s.word1] & s.mask1));
+        if (di < dj || (di == dj && i < j)) return false;
+    }
+    return true;
+}
+
+// Distance from the query to the code at position p of table t; x receives their xor.
+template <class Load>
+BRCD_INLINE uint32_t distance_and_xor(const IndexView& ix, const Table& t, const uint64_t* q, uint32_t p, uint64_t* x) {
+    uint64_t c[kMaxWords];
+    Load::load(t.codes, ix.nb, ix.nw, p, c);
+    const size_t nw = Load::kWords ? Load::kWords : ix.nw;
+    uint32_t d = 0;
+    for (size_t w = 0; w < nw; ++w) {
+        x[w] = q[w] ^ c[w];
+        d += static_cast<uint32_t>(popcount64(x[w]));
+    }
+    return d;
+}
+
+// Per-table probe radii for an exact radius-r search (see the file comment).
+std::vector<int> probe_radii(uint32_t r, size_t m) {
+    std::vector<int> radii(m);
+    const int rp = static_cast<int>(r / m);
+    const size_t a = r % m;
+    for (size_t j = 0; j < m; ++j) radii[j] = (j <= a) ? rp : rp - 1;
+    return radii;
+}
+
+// Scanning one bucket: call cb(p, d, x) for every position p in [b, e) whose
+// code lies within `limit` of the query (d its distance, x its xor with the query).
+template <class Load>
+struct ScalarScan {
+    template <class F>
+    static BRCD_INLINE void scan(const IndexView& ix, const Table& t, const uint64_t* q, uint32_t b, uint32_t e,
+                                 uint32_t limit, F&& cb) {
+        uint64_t x[kMaxWords];
+        for (uint32_t p = b; p < e; ++p) {
+            const uint32_t d = distance_and_xor<Load>(ix, t, q, p, x);
+            if (d <= limit) cb(p, d, static_cast<const uint64_t*>(x));
+        }
+    }
+};
+
+// 64-bit codes in two passes over blocks of 16: the distances of a block
+// first (a loop without branches, which the compiler turns into per-lane
+// vector popcounts in the avx512 build), then the rare hits.
+struct Scan64 {
+    template <class F>
+    static BRCD_INLINE void scan(const IndexView&, const Table& t, const uint64_t* q, uint32_t b, uint32_t e,
+                                 uint32_t limit, F&& cb) {
+        constexpr uint32_t kBlock = 16;
+        const uint8_t* codes = t.codes;
+        const uint64_t q0 = q[0];
+        for (uint32_t p = b; p < e; p += kBlock) {
+            const uint32_t count = std::min(kBlock, e - p);
+            uint64_t c[kBlock];
+            uint32_t d[kBlock];
+            std::memcpy(c, codes + static_cast<size_t>(p) * 8, static_cast<size_t>(count) * 8);
+            for (uint32_t i = 0; i < kBlock; ++i) d[i] = static_cast<uint32_t>(popcount64(c[i] ^ q0));
+            for (uint32_t i = 0; i < count; ++i) {
+                if (d[i] <= limit) {
+                    const uint64_t x = c[i] ^ q0;
+                    cb(p + i, d[i], &x);
+                }
+            }
+        }
+    }
+};
+
+// One query's radius search: (distance << 32 | id) for every code within r, sorted.
+template <class Scan>
+BRCD_INLINE void radius_one(const IndexView& ix, const uint64_t* q, uint32_t r, std::vector<uint64_t>& out) {
+    out.clear();
+    const size_t m = ix.tables.size();
+    if (ix.n == 0 || m == 0) return;
+    const std::vector<int> radii = probe_radii(r, m);
+    for (size_t j = 0; j < m; ++j) {
+        const Table& t = ix.tables[j];
+        const uint32_t qkey = t.sub.key(q);
+        const int top = std::min<int>(radii[j], static_cast<int>(t.sub.width));
+        for (int s = 0; s <= top; ++s) {
+            for_each_bucket(ix, t, qkey, static_cast<uint32_t>(s), [&](uint32_t b, uint32_t e) BRCD_LAMBDA_INLINE {
+                Scan::scan(ix, t, q, b, e, r, [&](uint32_t p, uint32_t d, const uint64_t* x) BRCD_LAMBDA_INLINE {
+                    if (m > 1 && !reported_by(ix, x, j, static_cast<uint32_t>(s))) return;
+                    out.push_back((static_cast<uint64_t>(d) << 32) | t.ids[p]);
+                });
+            });
+        }
+    }
+    std::sort(out.begin(), out.end());
+}
+
+// One query's k-NN by growing the radius: the min(k, n) nearest as (distance << 32 | id), sorted.
+template <class Scan>
+BRCD_INLINE void knn_one(const IndexView& ix, const uint64_t* q, size_t k, std::vector<uint64_t>& out,
+                         std::vector<uint32_t>& hist) {
+    out.clear();
+    const size_t m = ix.tables.size();
+    const size_t n = ix.n;
+    const size_t want = std::min(k, n);
+    if (want == 0 || m == 0) return;
+    const uint32_t L = ix.bits;
+    hist.assign(L + 2, 0);
+    uint32_t bound = L;  // no kept candidate is farther; all found codes within it are kept
+    size_t kept_within_bound = 0;
+    uint32_t qkeys[64];
+    uint32_t max_width = 0;
+    for (size_t j = 0; j < m; ++j) {
+        qkeys[j] = ix.tables[j].sub.key(q);
+        max_width = std::max(max_width, ix.tables[j].sub.width);
+    }
+    for (uint32_t s = 0; s <= max_width; ++s) {
+        for (size_t j = 0; j < m; ++j) {
+            const Table& t = ix.tables[j];
+            if (s <= t.sub.width) {
+                for_each_bucket(ix, t, qkeys[j], s, [&](uint32_t b, uint32_t e) BRCD_LAMBDA_INLINE {
+                    Scan::scan(ix, t, q, b, e, bound, [&](uint32_t p, uint32_t d, const uint64_t* x) BRCD_LAMBDA_INLINE {
+                        if (m > 1 && !reported_by(ix, x, j, s)) return;
+                        out.push_back((static_cast<uint64_t>(d) << 32) | t.ids[p]);
+                        hist[d] += 1;
+                        kept_within_bound += 1;
+                    });
+                });
+            }
+            // Tighten the bound: the smallest D with at least `want` kept codes at distance <= D.
+            if (kept_within_bound >= want) {
+                size_t acc = 0;
+                uint32_t D = 0;
+                for (; D <= L; ++D) {
+                    acc += hist[D];
+                    if (acc >= want) break;
+                }
+                if (D < bound) {
+                    bound = D;
+                    kept_within_bound = acc;
+                }
+            }
+            // Radius within which every code has been found after step (s, j).
+            bool exhausted = false;
+            uint64_t guaranteed = 0;
+            for (size_t i = 0; i < m; ++i) {
+                const uint32_t probed = (i <= j) ? s + 1 : s;  // levels 0..probed-1 done
+                if (probed > ix.tables[i].sub.width) exhausted = true;
+                guaranteed += probed;
+            }
+            const uint64_t R = exhausted ? L : guaranteed - 1;  // guaranteed >= 1: table 0 has probed level 0
+            if (exhausted || (bound <= R && kept_within_bound >= want)) {
+                std::sort(out.begin(), out.end());
+                out.resize(std::min(out.size(), want));
+                return;
+            }
+        }
+    }
+    std::sort(out.begin(), out.end());
+    out.resize(std::min(out.size(), want));
+}
+
+// ---------------------------------------------------------------------------
+// Batch drivers: queries split over threads; the two builds of the hot loop.
+
+struct Query {
+    const uint8_t* data;
+    size_t nb, nw;
+    BRCD_INLINE void load(size_t i, uint64_t* out) const {
+        for (size_t w = 0; w < nw; ++w) out[w] = 0;
+        std::memcpy(out, data + i * nb, nb);
+    }
+};
+
+template <class F>
+void parallel_queries(size_t nq, int threads, F&& work) {
+    const size_t t = std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(std::max(threads, 1)), nq));
+    if (t <= 1) {
+        work(0, nq);
+        return;
+    }
+    std::vector<std::thread> pool;
+    std::exception_ptr error;
+    std::mutex error_lock;
+    const size_t chunk = (nq + t - 1) / t;
+    auto guarded = [&](size_t lo, size_t hi) {
+        try {
+            work(lo, hi);
+        } catch (...) {
+            std::lock_guard<std::mutex> g(error_lock);
+            if (!error) error = std::current_exception();
+        }
+    };
+    for (size_t w = 1; w < t; ++w) {
+        const size_t lo = w * chunk, hi = std::min(nq, lo + chunk);
+        if (lo < hi) pool.emplace_back(guarded, lo, hi);
+    }
+    guarded(0, std::min(nq, chunk));
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+}
+
+using Results = std::vector<std::vector<uint64_t>>;
+
+template <class Scan>
+BRCD_INLINE void radius_range_body(const IndexView& ix, const Query& qs, size_t lo, size_t hi, uint32_t r, Results& res) {
+    uint64_t q[kMaxWords];
+    for (size_t i = lo; i < hi; ++i) {
+        qs.load(i, q);
+        radius_one<Scan>(ix, q, r, res[i]);
+    }
+}
+
+template <class Scan>
+BRCD_INLINE void knn_range_body(const IndexView& ix, const Query& qs, size_t lo, size_t hi, size_t k, Results& res) {
+    uint64_t q[kMaxWords];
+    std::vector<uint32_t> hist;
+    for (size_t i = lo; i < hi; ++i) {
+        qs.load(i, q);
+        knn_one<Scan>(ix, q, k, res[i], hist);
+    }
+}
+
+// The entry points that carry the target attribute: everything they call is
+// inlined into them, so the whole search of a query range is built per target.
+#define BRCD_DEFINE_VARIANT(NAME, ATTR)                                                                         \
+    template <class Scan>                                                                                       \
+    ATTR void radius_range_##NAME(const IndexView& ix, const Query& qs, size_t lo, size_t hi, uint32_t r,      \
+                                  Results& res) {                                                               \
+        radius_range_body<Scan>(ix, qs, lo, hi, r, res);                                                        \
+    }                                                                                                           \
+    template <class Scan>                                                                                       \
+    ATTR void knn_range_##NAME(const IndexView& ix, const Query& qs, size_t lo, size_t hi, size_t k,           \
+                               Results& res) {                                                                  \
+        knn_range_body<Scan>(ix, qs, lo, hi, k, res);                                                           \
+    }
+
+BRCD_DEFINE_VARIANT(popcnt, BRCD_TARGET_POPCNT)
+BRCD_DEFINE_VARIANT(scalar, )
+#if BRCD_MIH_X86
+BRCD_DEFINE_VARIANT(avx512, BRCD_TARGET_AVX512)
+#endif
+
+// Which build of the candidate check runs (see use_path()).
+enum class Path { scalar, popcnt, avx512 };
+
+template <class Load>
+void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Path path) {
+    parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
+#if BRCD_MIH_X86
+        if (path == Path::avx512 && ix.nb == 8) return radius_range_avx512<Scan64>(ix, qs, lo, hi, r, res);
+#endif
+        if (path != Path::scalar && ix.nb == 8) return radius_range_popcnt<Scan64>(ix, qs, lo, hi, r, res);
+        if (path != Path::scalar) return radius_range_popcnt<ScalarScan<Load>>(ix, qs, lo, hi, r, res);
+        radius_range_scalar<ScalarScan<Load>>(ix, qs, lo, hi, r, res);
+    });
+}
+
+template <class Load>
+void knn_batch(const IndexView& ix, const Query& qs, size_t nq, size_t k, int threads, Results& res, Path path) {
+    parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
+#if BRCD_MIH_X86
+        if (path == Path::avx512 && ix.nb == 8) return knn_range_avx512<Scan64>(ix, qs, lo, hi, k, res);
+#endif
+        if (path != Path::scalar && ix.nb == 8) return knn_range_popcnt<Scan64>(ix, qs, lo, hi, k, res);
+        if (path != Path::scalar) return knn_range_popcnt<ScalarScan<Load>>(ix, qs, lo, hi, k, res);
+        knn_range_scalar<ScalarScan<Load>>(ix, qs, lo, hi, k, res);
+    });
+}
+
+bool cpu_has_popcnt() {
+#if BRCD_MIH_X86
+    return __builtin_cpu_supports("popcnt") != 0;
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if BRCD_MIH_X86
+    return cpu_has_popcnt() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vpopcntdq");
+#else
+    return false;
+#endif
+}
+
+// The build of the candidate check to run: the best the CPU has, capped by
+// BRCD_SIMD (scalar, popcnt or avx2 -> popcnt, avx512), the variable the scan kernels honour too.
+Path use_path() {
+    const char* env = std::getenv("BRCD_SIMD");
+    const std::string cap = env ? std::string(env) : std::string();
+    if (cap == "scalar" || !cpu_has_popcnt()) return Path::scalar;
+    if (cap == "popcnt" || cap == "avx2" || !cpu_has_avx512()) return Path::popcnt;
+    return Path::avx512;
+}
+
+const char* path_name(Path p) {
+    switch (p) {
+        case Path::avx512: return "avx512";
+        case Path::popcnt: return "popcnt";
+        default: return "scalar";
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Building tables: a counting sort per substring (ids stay increasing in a bucket).
+
+uint32_t key_of(const Codes& c, const Substring& s, size_t i) {
+    uint64_t w[kMaxWords];
+    c.load(i, w);
+    return s.key(w);
+}
+
+// The codes in the table's bucket order (ids[p]'s code at row p).
+U8Array gather_codes(const Codes& c, const uint32_t* ids) {
+    U8Array out({static_cast<py::ssize_t>(c.n), static_cast<py::ssize_t>(c.nb)});
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        for (size_t p = 0; p < c.n; ++p) std::memcpy(dst + p * c.nb, c.data + static_cast<size_t>(ids[p]) * c.nb, c.nb);
+    }
+    return out;
+}
+
+py::tuple build_table(const Codes& c, const Substring& s, bool direct) {
+    const size_t n = c.n;
+    U32Array ids(static_cast<py::ssize_t>(n));
+    uint32_t* out_ids = ids.mutable_data();
+    std::vector<uint32_t> keys(n);
+    if (direct) {
+        const size_t nbk = size_t{1} << s.width;
+        U32Array offsets(static_cast<py::ssize_t>(nbk + 1));
+        uint32_t* off = offsets.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            std::fill(off, off + nbk + 1, 0u);
+            for (size_t i = 0; i < n; ++i) {
+                keys[i] = key_of(c, s, i);
+                off[keys[i] + 1] += 1;
+            }
+            for (size_t b = 0; b < nbk; ++b) off[b + 1] += off[b];
+            std::vector<uint32_t> fill(off, off + nbk);
+            for (size_t i = 0; i < n; ++i) out_ids[fill[keys[i]]++] = static_cast<uint32_t>(i);
+        }
+        return py::make_tuple(py::none(), offsets, ids, gather_codes(c, out_ids));
+    }
+    std::vector<uint64_t> pairs(n);
+    {
+        py::gil_scoped_release nogil;
+        for (size_t i = 0; i < n; ++i) pairs[i] = (static_cast<uint64_t>(key_of(c, s, i)) << 32) | i;
+        std::sort(pairs.begin(), pairs.end());
+    }
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; ++i)
+        if (i == 0 || (pairs[i] >> 32) != (pairs[i - 1] >> 32)) ++distinct;
+    U32Array ukeys(static_cast<py::ssize_t>(distinct));
+    U32Array offsets(static_cast<py::ssize_t>(distinct + 1));
+    uint32_t* uk = ukeys.mutable_data();
+    uint32_t* off = offsets.mutable_data();
+    size_t b = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const uint32_t key = static_cast<uint32_t>(pairs[i] >> 32);
+        if (i == 0 || key != uk[b - 1]) {
+            uk[b] = key;
+            off[b] = static_cast<uint32_t>(i);
+            ++b;
+        }
+        out_ids[i] = static_cast<uint32_t>(pairs[i] & 0xffffffffu);
+    }
+    off[distinct] = static_cast<uint32_t>(n);
+    return py::make_tuple(ukeys, offsets, ids, gather_codes(c, out_ids));
+}
+
+Codes codes_of(const U8Array& a) {
+    if (a.ndim() != 2) throw std::invalid_argument("codes must be a 2-D uint8 array (n_codes, n_bytes)");
+    Codes c;
+    c.data = a.data();
+    c.n = static_cast<size_t>(a.shape(0));
+    c.nb = static_cast<size_t>(a.shape(1));
+    c.nw = (c.nb + 7) / 8;
+    if (c.nb == 0 || c.nw > kMaxWords)
+        throw std::invalid_argument("codes must have 1 to " + std::to_string(8 * kMaxWords) + " bytes");
+    if (c.n > 0xffffffffULL) throw std::invalid_argument("an index holds at most 2^32 - 1 codes");
+    return c;
+}
+
+void check_layout(const std::vector<std::pair<uint32_t, uint32_t>>& layout, size_t bits) {
+    if (layout.empty() || layout.size() > 64) throw std::invalid_argument("need 1 to 64 substrings");
+    uint32_t next = 0;
+    for (const auto& p : layout) {
+        if (p.first != next || p.second < 1 || p.second > 32)
+            throw std::invalid_argument("substrings must tile the code contiguously, 1 to 32 bits each");
+        next += p.second;
+    }
+    if (next != bits) throw std::invalid_argument("substrings must cover every bit of the code");
+}
+
+py::list build_tables(const U8Array& codes, const std::vector<std::pair<uint32_t, uint32_t>>& layout,
+                      const std::vector<bool>& direct) {
+    Codes c = codes_of(codes);
+    check_layout(layout, 8 * c.nb);
+    if (direct.size() != layout.size()) throw std::invalid_argument("one direct flag per substring");
+    py::list out;
+    for (size_t j = 0; j < layout.size(); ++j) {
+        if (direct[j] && layout[j].second > 30)
+            throw std::invalid_argument("direct-address tables are limited to 30-bit substrings");
+        out.append(build_table(c, Substring(layout[j].first, layout[j].second), direct[j]));
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------
+// The index object: holds the arrays (numpy, possibly memory-mapped) and searches them.
+
+class MultiIndex {
+   public:
+    MultiIndex(uint32_t bits, const std::vector<std::pair<uint32_t, uint32_t>>& layout, py::list tables) {
+        if (bits == 0 || bits % 8 || bits > 64 * kMaxWords)
+            throw std::invalid_argument("bits must be a positive multiple of 8, at most " + std::to_string(64 * kMaxWords));
+        view_.bits = bits;
+        view_.nb = bits / 8;
+        view_.nw = (view_.nb + 7) / 8;
+        check_layout(layout, view_.bits);
+        if (tables.size() != layout.size()) throw std::invalid_argument("one table per substring");
+        for (size_t j = 0; j < layout.size(); ++j) {
+            py::tuple t = tables[j].cast<py::tuple>();
+            if (t.size() != 4) throw std::invalid_argument("a table is (keys or None, offsets, ids, codes)");
+            Table tab{Substring(layout[j].first, layout[j].second)};
+            const bool direct = t[0].is_none();
+            if (!direct) {
+                const U32Array keys = t[0].cast<U32Array>();  // a handle: copies share the numpy buffer
+                keep_.push_back(keys);
+                tab.keys = keys.data();
+                tab.n_buckets = static_cast<size_t>(keys.size());
+                for (size_t b = 1; b < tab.n_buckets; ++b)
+                    if (tab.keys[b] <= tab.keys[b - 1]) throw std::invalid_argument(bad(j, "keys are not increasing"));
+                if (tab.n_buckets > 0 && tab.sub.width < 32 && tab.keys[tab.n_buckets - 1] >> tab.sub.width)
+                    throw std::invalid_argument(bad(j, "a key is wider than its substring"));
+            } else {
+                if (tab.sub.width > 30) throw std::invalid_argument(bad(j, "a direct table is wider than 30 bits"));
+                tab.n_buckets = size_t{1} << tab.sub.width;
+            }
+            const U32Array offsets = t[1].cast<U32Array>();
+            const U32Array ids = t[2].cast<U32Array>();
+            const U8Array codes = t[3].cast<U8Array>();
+            keep_.push_back(offsets);
+            keep_.push_back(ids);
+            keep_codes_.push_back(codes);
+            if (j == 0) view_.n = static_cast<size_t>(ids.size());
+            if (view_.n > 0xffffffffULL) throw std::invalid_argument("an index holds at most 2^32 - 1 codes");
+            if (static_cast<size_t>(offsets.size()) != tab.n_buckets + 1)
+                throw std::invalid_argument(bad(j, "offsets have the wrong length"));
+            if (static_cast<size_t>(ids.size()) != view_.n)
+                throw std::invalid_argument(bad(j, "ids do not list every code once"));
+            if (codes.ndim() != 2 || static_cast<size_t>(codes.shape(0)) != view_.n ||
+                static_cast<size_t>(codes.shape(1)) != view_.nb)
+                throw std::invalid_argument(bad(j, "its codes do not have one row per id"));
+            tab.offsets = offsets.data();
+            tab.ids = ids.data();
+            tab.codes = codes.data();
+            validate(j, tab);
+            view_.tables.push_back(tab);
+        }
+    }
+
+    size_t size() const { return view_.n; }
+
+    py::tuple radius_search(const U8Array& queries, int64_t radius, int threads) {
+        const Query q = queries_of(queries);
+        const size_t nq = static_cast<size_t>(queries.shape(0));
+        if (radius < 0) throw std::invalid_argument("radius must be >= 0");
+        const uint32_t r = static_cast<uint32_t>(std::min<int64_t>(radius, view_.bits));
+        std::vector<std::vector<uint64_t>> res(nq);
+        {
+            py::gil_scoped_release nogil;
+            run_radius(q, nq, r, threads, res);
+        }
+        size_t total = 0;
+        for (const auto& v : res) total += v.size();
+        py::array_t<int64_t> lims(static_cast<py::ssize_t>(nq + 1));
+        py::array_t<int32_t> dist(static_cast<py::ssize_t>(total));
+        py::array_t<int64_t> idx(static_cast<py::ssize_t>(total));
+        int64_t* l = lims.mutable_data();
+        int32_t* d = dist.mutable_data();
+        int64_t* ix = idx.mutable_data();
+        size_t pos = 0;
+        l[0] = 0;
+        for (size_t i = 0; i < nq; ++i) {
+            for (uint64_t v : res[i]) {
+                d[pos] = static_cast<int32_t>(v >> 32);
+                ix[pos] = static_cast<int64_t>(v & 0xffffffffu);
+                ++pos;
+            }
+            l[i + 1] = static_cast<int64_t>(pos);
+        }
+        return py::make_tuple(lims, dist, idx);
+    }
+
+    py::tuple knn(const U8Array& queries, int64_t k, int threads) {
+        const Query q = queries_of(queries);
+        const size_t nq = static_cast<size_t>(queries.shape(0));
+        if (k < 1) throw std::invalid_argument("k must be a positive integer");
+        const size_t kk = std::min<size_t>(static_cast<size_t>(k), view_.n);
+        std::vector<std::vector<uint64_t>> res(nq);
+        {
+            py::gil_scoped_release nogil;
+            run_knn(q, nq, kk, threads, res);
+        }
+        py::array_t<int32_t> dist({static_cast<py::ssize_t>(nq), static_cast<py::ssize_t>(kk)});
+        py::array_t<int64_t> idx({static_cast<py::ssize_t>(nq), static_cast<py::ssize_t>(kk)});
+        int32_t* d = dist.mutable_data();
+        int64_t* ix = idx.mutable_data();
+        for (size_t i = 0; i < nq; ++i) {
+            if (res[i].size() != kk) throw std::runtime_error("internal error: k-NN found too few codes");
+            for (size_t c = 0; c < kk; ++c) {
+                d[i * kk + c] = static_cast<int32_t>(res[i][c] >> 32);
+                ix[i * kk + c] = static_cast<int64_t>(res[i][c] & 0xffffffffu);
+            }
+        }
+        return py::make_tuple(dist, idx);
+    }
+
+   private:
+    std::vector<U8Array> keep_codes_;
+    std::vector<U32Array> keep_;  // keeps the (memory-mapped) arrays alive while the view points into them
+    IndexView view_;
+
+    static std::string bad(size_t j, const char* what) {
+        return "table " + std::to_string(j) + " is corrupt: " + what;
+    }
+
+    // Everything a search dereferences is checked once here, so a damaged index
+    // file fails to open instead of reading out of bounds later.
+    void validate(size_t j, const Table& t) const {
+        const size_t n = view_.n;
+        if (t.offsets[0] != 0 || t.offsets[t.n_buckets] != n)
+            throw std::invalid_argument(bad(j, "offsets do not span the ids"));
+        for (size_t b = 0; b < t.n_buckets; ++b)
+            if (t.offsets[b + 1] < t.offsets[b]) throw std::invalid_argument(bad(j, "offsets decrease"));
+        for (size_t i = 0; i < n; ++i)
+            if (t.ids[i] >= n) throw std::invalid_argument(bad(j, "an id is out of range"));
+    }
+
+    Query queries_of(const U8Array& queries) const {
+        if (queries.ndim() != 2 || static_cast<size_t>(queries.shape(1)) != view_.nb)
+            throw std::invalid_argument("queries must be a 2-D uint8 array with " + std::to_string(view_.nb) +
+                                        " bytes per code, like the index");
+        return Query{queries.data(), view_.nb, view_.nw};
+    }
+
+    void run_radius(const Query& q, size_t nq, uint32_t r, int threads, Results& res) const {
+        const Path pc = use_path();
+        switch (view_.nb) {
+            case 8: return radius_batch<FixedLoad<1>>(view_, q, nq, r, threads, res, pc);
+            case 16: return radius_batch<FixedLoad<2>>(view_, q, nq, r, threads, res, pc);
+            case 32: return radius_batch<FixedLoad<4>>(view_, q, nq, r, threads, res, pc);
+            default: return radius_batch<AnyLoad>(view_, q, nq, r, threads, res, pc);
+        }
+    }
+
+    void run_knn(const Query& q, size_t nq, size_t k, int threads, Results& res) const {
+        const Path pc = use_path();
+        switch (view_.nb) {
+            case 8: return knn_batch<FixedLoad<1>>(view_, q, nq, k, threads, res, pc);
+            case 16: return knn_batch<FixedLoad<2>>(view_, q, nq, k, threads, res, pc);
+            case 32: return knn_batch<FixedLoad<4>>(view_, q, nq, k, threads, res, pc);
+            default: return knn_batch<AnyLoad>(view_, q, nq, k, threads, res, pc);
+        }
+    }
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_mih_cpu, mod) {
+    mod.doc() = "Exact multi-index hashing over packed binary codes (brcd's hash-table lookup).";
+    mod.attr("API_VERSION") = kApiVersion;
+    mod.def("build_tables", &build_tables, py::arg("codes"), py::arg("layout"), py::arg("direct"),
+            "One (keys or None, offsets, ids, codes in bucket order) CSR table per (start, width) substring.");
+    mod.def("cpu_features", []() {
+        py::dict d;
+        d["cpu_popcnt"] = cpu_has_popcnt();
+        d["cpu_avx512_vpopcntdq"] = cpu_has_avx512();
+        d["path"] = path_name(use_path());
+        return d;
+    });
+    py::class_<MultiIndex>(mod, "MultiIndex")
+        .def(py::init<uint32_t, const std::vector<std::pair<uint32_t, uint32_t>>&, py::list>(), py::arg("bits"),
+             py::arg("layout"), py::arg("tables"))
+        .def("__len__", &MultiIndex::size)
+        .def("radius_search", &MultiIndex::radius_search, py::arg("queries"), py::arg("radius"), py::arg("threads") = 1)
+        .def("knn", &MultiIndex::knn, py::arg("queries"), py::arg("k"), py::arg("threads") = 1);
+}
