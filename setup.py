@@ -8,6 +8,7 @@ and reference backends take over (``brcd info`` says which one runs).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -40,12 +41,33 @@ if Pybind11Extension is not None:
         Pybind11Extension(
             "brcd_cli._hamming_cpu",
             ["csrc/hamming_cpu.cpp"],
+            depends=["csrc/hamming_scan.h", "csrc/hamming_select.h"],
             cxx_std=17,
+            # No -march: the SIMD variants carry their own target attributes and
+            # are chosen at run time, so one build runs on any x86-64 CPU.
             extra_compile_args=["-O3"],
         )
     )
+    # Multi-index hashing (hash-table lookup); its popcnt variant is chosen at run time too.
+    ext_modules.append(Pybind11Extension("brcd_cli._mih_cpu", ["csrc/mih.cpp"], cxx_std=17, extra_compile_args=["-O3"]))
 else:
     print("brcd: pybind11 missing at build time; native CPU kernels skipped", file=sys.stderr)
+
+# CUDA kernels (brcd_cli._hamming_cuda): csrc/cuda_build.py decides whether they
+# can be built here (CUDA torch importable, matching nvcc; BRCD_BUILD_CUDA=0|1|auto)
+# and says in one line why not; without them GPU tensors use CuPy or torch.
+build_ext_cmd = OptionalBuildExt
+sys.path.insert(0, str(Path(__file__).resolve().parent / "csrc"))
+try:
+    import cuda_build
+except ImportError:  # pragma: no cover - a source tree without csrc/cuda_build.py
+    cuda_build = None
+    print("brcd: CUDA kernels skipped: csrc/cuda_build.py is missing", file=sys.stderr)
+if cuda_build is not None:
+    cuda_ext = cuda_build.cuda_extension(Path(__file__).resolve().parent)
+    if cuda_ext is not None:
+        ext_modules.append(cuda_ext)
+        build_ext_cmd = cuda_build.build_ext_class(OptionalBuildExt)
 
 packages = [p for p in find_packages(include=["brcd_cli", "brcd_cli.*"])] + ["brcd_cli.kernels"]
 
@@ -53,5 +75,7 @@ setup(
     packages=packages,
     package_dir={"brcd_cli.kernels": "kernels"},
     ext_modules=ext_modules,
-    cmdclass={"build_ext": OptionalBuildExt},
+    cmdclass={"build_ext": build_ext_cmd},
+    # The CuPy backend compiles this source at run time where the extension was not built.
+    data_files=[("share/brcd", ["csrc/hamming_kernels.cu"])],
 )

@@ -24,4 +24,18 @@ def collect_info() -> dict[str, Any]:
         "cuda_available": bool(torch.cuda.is_available()),
         "kernel_backends": kernels.available_backends(),
         "kernel_backend_in_use": kernels.active_backend(),
+        **_gpu_info(),
+    }
+
+
+def _gpu_info() -> dict[str, Any]:
+    """GPU backends for CUDA tensors (extension > CuPy > torch), the one that would run, and the loss op's kernels."""
+    from .kernels import cuda
+
+    backends = cuda.available_gpu_backends()
+    in_use = cuda.active_gpu_backend()
+    return {
+        "gpu_backends": backends,
+        "gpu_backend_in_use": in_use if in_use is not None else "none (no CUDA device visible)",
+        "gpu_masked_similarity": cuda.register_cuda_kernels() if in_use is not None else "not registered (no CUDA device visible)",
     }

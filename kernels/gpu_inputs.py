@@ -1,0 +1,109 @@
+"""Checks and layout of GPU (torch) tensors for the packed GPU kernels.
+
+The CPU dispatch (_checks) turns arrays into numpy; GPU tensors must stay where
+they are, so they get their own checks here, with the same wording. Packed
+codes are then widened to rows of 64-bit words (zero bytes appended: they add
+nothing to a distance) because every GPU kernel compares 64 bits at a time.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+# Word counts the k-NN kernel is compiled for; rows are padded up to one of them.
+KERNEL_WORDS: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+
+def is_gpu_tensor(x: Any) -> bool:
+    """True for a torch tensor on a CUDA device (without importing torch when it is not loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cuda"
+
+
+def packed_codes(x: Any, name: str) -> "torch.Tensor":
+    """``x`` as a contiguous uint8 (n, n_bytes) CUDA tensor, or ValueError."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.device.type != "cuda":
+        where = f"a tensor on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a torch tensor on a CUDA device for the GPU kernels, got {where}")
+    if x.dtype != torch.uint8:
+        raise ValueError(
+            f"{name} must hold packed codes of dtype uint8 (n_codes, L/8), got dtype {x.dtype}; "
+            "turn +-1 codes into packed ones with pack_codes()"
+        )
+    if x.ndim != 2:
+        hint = f" (for a single code use {name}[None, :])" if x.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_codes, n_bytes), got shape {tuple(x.shape)}{hint}")
+    return x.contiguous()
+
+
+def packed_pair(queries: Any, database: Any) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Queries and database: packed codes of one bit length on one CUDA device."""
+    q = packed_codes(queries, "queries")
+    db = packed_codes(database, "database")
+    if q.device != db.device:
+        raise ValueError(f"queries are on {q.device} but the database is on {db.device}; put both on one device")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(
+            f"queries have {q.shape[1]} bytes per code ({8 * q.shape[1]} bits) but the database has "
+            f"{db.shape[1]} bytes per code ({8 * db.shape[1]} bits); both must use the same code length"
+        )
+    if q.shape[1] == 0:
+        raise ValueError("codes have 0 bytes (0 bits); packed codes need at least 8 bits")
+    return q, db
+
+
+def packed_masks(masks: Any, n_queries: int, n_bytes: int, device: "torch.device") -> "torch.Tensor":
+    """Masks as (1, n_bytes) (shared) or (n_queries, n_bytes) uint8 on ``device``."""
+    import torch
+
+    m = masks if isinstance(masks, torch.Tensor) else torch.as_tensor(masks)
+    if m.dtype != torch.uint8:
+        raise ValueError(
+            f"masks must be packed bit masks of dtype uint8, got dtype {m.dtype}; pack 0/1 masks with pack_codes()"
+        )
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2:
+        raise ValueError(
+            f"masks must have shape (n_bytes,), (1, n_bytes) or (n_queries, n_bytes), got {tuple(m.shape)}"
+        )
+    if m.shape[1] != n_bytes:
+        raise ValueError(f"masks have {m.shape[1]} bytes per row but the codes have {n_bytes} bytes; they must match")
+    if m.shape[0] not in (1, n_queries):
+        raise ValueError(
+            f"masks must hold one row shared by all queries or one row per query ({n_queries}), "
+            f"got {m.shape[0]} rows"
+        )
+    return m.to(device).contiguous()
+
+
+def min_words(n_bytes: int) -> int:
+    """64-bit words needed for a code of n_bytes bytes."""
+    return (n_bytes + 7) // 8
+
+
+def kernel_words(n_bytes: int) -> Optional[int]:
+    """Words per row for the k-NN kernel (the next compiled width), or None when codes are too long for it."""
+    need = min_words(n_bytes)
+    return next((w for w in KERNEL_WORDS if w >= need), None)
+
+
+def to_words(packed: "torch.Tensor", words: int) -> "torch.Tensor":
+    """(n, n_bytes) uint8 -> (n, words) int64, zero-padded; a view when no padding is needed."""
+    import torch
+
+    n, n_bytes = packed.shape
+    width = 8 * words
+    if n == 0:  # an empty tensor may carry strides that forbid a dtype view
+        return torch.empty((0, words), dtype=torch.int64, device=packed.device)
+    if n_bytes == width:
+        return packed.contiguous().view(torch.int64)
+    out = torch.zeros((n, width), dtype=torch.uint8, device=packed.device)
+    out[:, :n_bytes] = packed
+    return out.view(torch.int64)
