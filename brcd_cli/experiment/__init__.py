@@ -1,0 +1,15 @@
+"""``brcd experiment``: BRCD against KD baselines and its own ablations over bit lengths and seeds, with a report."""
+from .grid import ABLATIONS, VARIANTS, Experiment, ExperimentOptions, find_teachers, parse_bits, parse_methods, run_experiment
+from .report import write_report
+
+__all__ = [
+    "ABLATIONS",
+    "VARIANTS",
+    "Experiment",
+    "ExperimentOptions",
+    "find_teachers",
+    "parse_bits",
+    "parse_methods",
+    "run_experiment",
+    "write_report",
+]
