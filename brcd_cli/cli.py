@@ -144,7 +144,11 @@ def distill_cmd(
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
     head: str = typer.Option("mlp", help="mlp (Linear-ReLU-Linear) or linear"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
-    method: str = typer.Option("brcd", help="brcd, or none (the student trained alone with CIBHash)"),
+    method: str = typer.Option("brcd", help="brcd; a KD baseline: kd, fitnet, rkd, pkt, sp, crd; or none (the student trained alone with CIBHash)"),
+    weight: Optional[float] = typer.Option(None, help="weight of the distillation term (default: the method's published setting)"),
+    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="train the heads from cached frozen features (default: on when the student backbone is frozen)"),
+    cache_views: int = typer.Option(8, help="augmented views per image kept in the feature cache"),
+    cache_dir: Optional[Path] = typer.Option(None, help="feature cache folder (default: OUT/feature-cache)"),
     alpha: float = typer.Option(0.8, help="weight of individual vs structural alignment"),
     margin: float = typer.Option(0.5, help="bit mask keeps bits whose in-cluster consistency is >= margin"),
     clusters: str = typer.Option("auto", help="k for k-means on teacher codes, or auto (best silhouette)"),
@@ -178,9 +182,64 @@ def distill_cmd(
         alpha=alpha, margin=margin, clusters=_parse_clusters(clusters), max_clusters=max_clusters,
         false_negatives=false_neg, false_positives=false_pos, bit_mask=bit_mask, mask_rule=mask_rule,
         augment=augment, seed=seed, fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
+        weight=weight, feature_cache=feature_cache, cache_views=cache_views, cache_dir=cache_dir,
     )
     with _workers() as world:
         distill(open_source(data), teacher, out, options, resume=resume, force=force, log=log if world.is_main else _quiet)
+
+
+@app.command("experiment")
+def experiment_cmd(
+    data: str = typer.Argument(..., help="labelled data: digits, an image folder with class subfolders, a list file, CIFAR-10"),
+    out: Path = typer.Option(Path("report"), "--out", help="folder for teachers, cells, results.csv, results.md and plots"),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="a teacher folder (one bit length) or a folder of <bits>/ teachers; omitted: trained here"),
+    bits: str = typer.Option("16,32,64", help="comma list of code lengths"),
+    seeds: int = typer.Option(3, help="student seeds 0..N-1 per cell"),
+    methods: str = typer.Option("all", help="all, baselines, ablations, or a comma list (none, brcd, kd, fitnet, rkd, pkt, sp, crd, brcd-no-fn, brcd-no-fp, brcd-no-mask, brcd-opposite-mask)"),
+    teacher_arch: str = typer.Option("vit_base_patch16_224", help="teachers trained here: timm model"),
+    image_size: int = typer.Option(224, help="teachers trained here: input size (students use the teacher's)"),
+    teacher_pretrained: str = typer.Option("auto", help="teachers trained here: auto, none, or a weights file"),
+    teacher_epochs: int = typer.Option(200, help="teachers trained here: epochs"),
+    teacher_budget: Optional[float] = typer.Option(None, help="teachers trained here: seconds of training each"),
+    student_arch: str = typer.Option("efficientnet_b0", help="student timm model"),
+    student_pretrained: str = typer.Option("auto", help="auto, none, or a weights file"),
+    freeze_student: Optional[bool] = typer.Option(None, "--freeze-student/--train-student", help="default: frozen when pretrained"),
+    hidden: int = typer.Option(1000, help="hidden width of the student's mlp head"),
+    epochs: int = typer.Option(400, help="student epochs per cell"),
+    patience: int = typer.Option(10, help="student early stopping on validation mAP"),
+    time_budget: Optional[float] = typer.Option(None, help="seconds of training per student"),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    clusters: str = typer.Option("auto", help="k for BRCD's k-means, or auto"),
+    max_clusters: int = typer.Option(20, help="largest k tried by --clusters auto"),
+    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="default: on when the student backbone is frozen"),
+    cache_views: int = typer.Option(8, help="augmented views per image in the feature cache"),
+    threads: Optional[int] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Run (or continue) BRCD vs KD baselines and ablations over bit lengths and seeds; write results.md, results.csv and plots."""
+    from .data import open_source
+    from .experiment import ExperimentOptions, parse_bits, parse_methods, run_experiment
+    from .training import DistillOptions, TeacherOptions
+    from .training.common import set_threads
+
+    set_threads(threads)
+    _check_common(64, image_size, None, "mlp", hidden)
+    bit_list = parse_bits(bits)
+    options = ExperimentOptions(
+        bits=bit_list, seeds=seeds, methods=parse_methods(methods), teacher=teacher,
+        teacher_options=TeacherOptions(arch=teacher_arch, bits=bit_list[0], image_size=image_size, pretrained=teacher_pretrained,
+                                       fit=_fit_options(teacher_epochs, batch_size, 5e-4, patience, teacher_budget, 0)),
+        student=DistillOptions(arch=student_arch, pretrained=student_pretrained, freeze_backbone=freeze_student, hidden=hidden,
+                               clusters=_parse_clusters(clusters), max_clusters=max_clusters, feature_cache=feature_cache, cache_views=cache_views,
+                               fit=_fit_options(epochs, batch_size, lr, patience, time_budget, 0)),
+        command="brcd " + " ".join(sys.argv[1:]),
+    )
+    summary = run_experiment(open_source(data), out, options, log=log)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(str(out / "results.md"))
 
 
 @app.command("encode")
@@ -232,8 +291,12 @@ def search_cmd(
     milvus: Optional[str] = typer.Option(None, "--milvus", help="search a Milvus collection (server URI or Milvus Lite .db file) instead of codes files"),
     collection: Optional[str] = typer.Option(None, "--collection", help="Milvus collection (default: from brcd export milvus)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    exact_scan: bool = typer.Option(False, "--exact-scan", help="always scan the codes, even where an index (brcd index) exists"),
 ) -> None:
-    """Search codes files (or a Milvus collection) with an image: rank, Hamming distance and id of the nearest codes."""
+    """Search codes files (or a Milvus collection) with an image: rank, Hamming distance and id of the nearest codes.
+
+    A codes file with a valid index beside it (CODES.mih, from brcd index) is searched through the index when the
+    request suits it (radius search, small -k); the results are the same as a scan's."""
     from .pipeline import display_id, encode_query, search_image
 
     if radius is None and k <= 0:
@@ -250,7 +313,8 @@ def search_cmd(
         packed, bits, space = encode_query(query, model)
         hits = search_milvus(milvus, collection, packed, bits, space, k=k, radius=radius)[0]
     else:
-        hits = search_image(query, codes if len(codes) > 1 else codes[0], model, k=k, radius=radius)
+        hits = search_image(query, codes if len(codes) > 1 else codes[0], model, k=k, radius=radius,
+                            exact_scan=exact_scan, log=log)
     if as_json:
         typer.echo(json.dumps({"query": str(query), "radius": radius, "k": None if radius is not None else k, "results": [h.to_dict() for h in hits]}))
         return
@@ -258,6 +322,27 @@ def search_cmd(
         typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
     for h in hits:
         typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
+
+
+@app.command("index")
+def index_cmd(
+    codes: Path = typer.Argument(..., help="codes file from brcd encode"),
+    out: Optional[Path] = typer.Option(None, "--out", help="index file (default: CODES.mih, where brcd search looks)"),
+    m: Optional[int] = typer.Option(None, "--m", help="substrings (hash tables); default about bits / log2(count)"),
+    force: bool = typer.Option(False, help="replace an index built from other codes"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Build the multi-index hashing index of a codes file, for exact radius and k-NN lookup by brcd search.
+
+    An index of the same codes is left as it is; after codes were appended it is rebuilt over all of them."""
+    from .search.mih import build_index
+
+    report = build_index(codes, out, m=m, force=force, log=log)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    typer.echo(f"{report.action}: {report.path} ({report.count} codes, m={report.m}, "
+               f"{report.bytes_per_code:.1f} bytes per code, {report.seconds:.2f} s)")
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export codes to a serving system.")
@@ -276,6 +361,134 @@ def export_milvus_cmd(
 
     done = export_codes(codes, uri, collection, overwrite=force, log=log)
     typer.echo(done["collection"])
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against peer libraries, measured in the same run.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("search")
+def bench_search_cmd(
+    bits: int = typer.Option(64, "--bits", help="code length in bits (a multiple of 8)"),
+    n: int = typer.Option(1_000_000, "--n", help="database codes"),
+    queries: int = typer.Option(1000, "--queries", help="queries per batch; 1 measures single-query latency"),
+    k: int = typer.Option(100, "-k", "--k", help="nearest codes per query"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads for brcd and faiss (default: all cores)"),
+    repeats: int = typer.Option(3, "--repeats", help="timed repeats (median); latency mode times at least 100 queries"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random codes"),
+    check_queries: int = typer.Option(4, "--check-queries", help="queries also checked against the numpy reference"),
+    use_faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="measure faiss IndexBinaryFlat too"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    device: str = typer.Option("cpu", "--device", help="cpu (brcd vs faiss) or cuda (brcd's GPU kernels vs the torch reference)"),
+) -> None:
+    """Exact k-NN over random codes: brcd vs faiss IndexBinaryFlat (queries/s, speedup, exactness).
+
+    With --device cuda: brcd's GPU kernels vs plain torch (xor + popcount + topk) on the GPU."""
+    if device not in ("cpu", "cuda"):
+        raise BrcdError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda":
+        from .bench.cuda import GpuSearchBenchConfig, format_search_report, run_gpu_search_bench
+
+        gpu_report = run_gpu_search_bench(GpuSearchBenchConfig(bits=bits, n=n, queries=queries, k=k, repeats=repeats,
+                                                               seed=seed, check_queries=check_queries))
+        typer.echo(json.dumps(gpu_report) if as_json else "\n".join(format_search_report(gpu_report)))
+        return
+    from .bench.search import SearchBenchConfig, format_report, run_search_bench
+
+    config = SearchBenchConfig(bits=bits, n=n, queries=queries, k=k, threads=threads, repeats=repeats, seed=seed,
+                               check_queries=check_queries, use_faiss=use_faiss)
+    report = run_search_bench(config)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for line in format_report(report):
+        typer.echo(line)
+
+
+@bench_app.command("loss-kernel")
+def bench_loss_kernel_cmd(
+    rows: int = typer.Option(512, "--rows", help="rows of the similarity (2B: both views of a batch of B)"),
+    bits: int = typer.Option(64, "--bits", help="code length L"),
+    repeats: int = typer.Option(50, "--repeats", help="timed repeats (median)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64"),
+    device: str = typer.Option("cuda", "--device", help="only cuda: the fused kernels are GPU kernels"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Masked similarity of the BRCD loss, forward + backward: fused CUDA kernels vs the torch composite."""
+    from .bench.cuda import LossBenchConfig, format_loss_report, run_loss_bench
+
+    if device != "cuda":
+        raise BrcdError(f"--device must be cuda for the loss-kernel benchmark, got {device!r}")
+    report = run_loss_bench(LossBenchConfig(rows=rows, bits=bits, repeats=repeats, dtype=dtype))
+    typer.echo(json.dumps(report) if as_json else "\n".join(format_loss_report(report)))
+
+
+@bench_app.command("distill-cache")
+def bench_distill_cache_cmd(
+    data: str = typer.Argument("digits", help="labelled data"),
+    out: Path = typer.Option(Path("bench-distill-cache"), "--out", help="work folder (students, caches, a teacher if trained)"),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="teacher folder (default: train a resnet18 at 32 px for --teacher-budget s)"),
+    teacher_budget: float = typer.Option(120.0, help="seconds to train the teacher when --teacher is not given"),
+    bits: int = typer.Option(64, help="bits of a teacher trained here"),
+    student_arch: str = typer.Option("mobilenetv3_small_050"),
+    pretrained: str = typer.Option("none", help="student weights: auto, none, or a file (its backbone is frozen either way)"),
+    hidden: int = typer.Option(512),
+    method: str = typer.Option("brcd"),
+    epochs: int = typer.Option(5, help="epochs of each side (no early stopping)"),
+    seeds: int = typer.Option(1, help="seeds per side; means are reported"),
+    cache_views: int = typer.Option(8),
+    threads: Optional[int] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Seconds per epoch and test mAP of distillation with the frozen-feature cache vs without, in one run."""
+    from .bench.cache import CacheBenchConfig, format_report, run_cache_bench
+    from .data import open_source
+    from .training import DistillOptions, FitOptions, TeacherOptions
+    from .training.common import set_threads
+
+    set_threads(threads)
+    config = CacheBenchConfig(
+        out=out, teacher=teacher, epochs=epochs, seeds=seeds, views=cache_views,
+        teacher_options=TeacherOptions(arch="resnet18", bits=bits, image_size=32, pretrained="none",
+                                       fit=FitOptions(epochs=1000, patience=1000, time_budget=teacher_budget)),
+        student=DistillOptions(arch=student_arch, pretrained=pretrained, freeze_backbone=True, hidden=hidden, method=method),
+    )
+    report = run_cache_bench(open_source(data), config, log=log)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for line in format_report(report):
+        typer.echo(line)
+
+
+@bench_app.command("lookup")
+def bench_lookup_cmd(
+    bits: int = typer.Option(64, "--bits", help="code length in bits (a multiple of 8)"),
+    n: int = typer.Option(1_000_000, "--n", help="database codes"),
+    radius: Optional[int] = typer.Option(2, "--radius", help="radius search (inclusive); ignored when --k is given"),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="k-NN instead of radius search"),
+    clustered: bool = typer.Option(False, "--clustered", help="clustered codes (centres plus bit flips) instead of uniform"),
+    clusters: int = typer.Option(1000, "--clusters", help="cluster centres of --clustered codes"),
+    flip: float = typer.Option(0.05, "--flip", help="per-bit flip probability of --clustered codes"),
+    queries: int = typer.Option(100, "--queries", help="queries, each searched alone"),
+    repeats: int = typer.Option(3, "--repeats", help="timed rounds (median)"),
+    m: Optional[int] = typer.Option(None, "--m", help="substrings of the index (default: about bits / log2 n)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads of the linear scan (default: all cores)"),
+    seed: int = typer.Option(0, "--seed"),
+    use_faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="measure faiss IndexBinaryMultiHash too"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Exact multi-index hashing vs brcd's linear scan vs faiss IndexBinaryMultiHash, single query, one run."""
+    from .bench.lookup import LookupBenchConfig, format_report, run_lookup_bench
+
+    config = LookupBenchConfig(bits=bits, n=n, radius=radius, k=k, clustered=clustered, clusters=clusters, flip=flip,
+                               queries=queries, repeats=repeats, m=m, threads=threads, seed=seed, use_faiss=use_faiss)
+    report = run_lookup_bench(config)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for line in format_report(report):
+        typer.echo(line)
 
 
 @app.command("evaluate")

@@ -1,0 +1,218 @@
+"""`brcd bench search`: exact k-NN throughput (or single-query latency) of brcd against faiss.
+
+Both libraries search the same seeded random packed codes in the same process,
+with the same thread count, so the speedup is a like-for-like ratio even on a
+busy machine. faiss's IndexBinaryFlat is the peer: it is the exact binary index
+a user would otherwise reach for. faiss comes from the ``bench`` extra; without
+it the brcd side still runs and the report says why faiss is missing.
+
+Correctness is part of the report: ``exact`` is true only when brcd's k
+distances equal the peer's for every query (faiss is exact too, but orders ties
+its own way, so only distances are compared) and brcd's (distance, index) lists
+equal the numpy reference kernels' for a sample of queries (the reference is too
+slow to run on every query of a million-code database).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .. import kernels
+from ..errors import BrcdError
+from ..kernels import reference
+
+# Latency mode reports these percentiles of the per-query time.
+LATENCY_PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class SearchBenchConfig:
+    """What to measure: code length, database size, queries per batch, k, threads, repeats."""
+
+    bits: int = 64
+    n: int = 1_000_000
+    queries: int = 1000
+    k: int = 100
+    threads: Optional[int] = None
+    repeats: int = 3
+    seed: int = 0
+    check_queries: int = 4
+    backend: Optional[str] = None
+    use_faiss: bool = True
+
+    def validate(self) -> None:
+        """Turn impossible settings into one-line user errors before any work is done."""
+        if self.bits <= 0 or self.bits % 8:
+            raise BrcdError(f"--bits must be a positive multiple of 8, got {self.bits}")
+        for name in ("n", "queries", "k", "repeats"):
+            if getattr(self, name) < 1:
+                raise BrcdError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise BrcdError(f"--threads must be at least 1, got {self.threads}")
+        if self.check_queries < 0:
+            raise BrcdError(f"--check-queries must be >= 0, got {self.check_queries}")
+
+    @property
+    def latency_mode(self) -> bool:
+        """One query per call: report per-call latency percentiles instead of batch throughput."""
+        return self.queries == 1
+
+
+def random_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniform random packed codes: every bit independent, the hardest case for pruning."""
+    return rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
+
+
+def _load_faiss() -> tuple[Any, str]:
+    """The faiss module and its version, or (None, why it is unavailable)."""
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except Exception as exc:  # noqa: BLE001 - any import failure means "unavailable"
+        return None, f"unavailable ({type(exc).__name__}: {exc}); install the bench extra: pip install 'brcd[bench]'"
+    return faiss, str(getattr(faiss, "__version__", "unknown"))
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of `repeats` calls after one warm-up call, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def _latencies_ms(search_one: Callable[[np.ndarray], Any], queries: np.ndarray) -> np.ndarray:
+    """Per-call latency of one-query searches, each query in its own call, after one warm-up."""
+    search_one(queries[:1])
+    out = np.empty(len(queries))
+    for i in range(len(queries)):
+        t0 = time.perf_counter()
+        search_one(queries[i : i + 1])
+        out[i] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def _percentiles(ms: np.ndarray) -> dict[str, float]:
+    return {f"p{p}": round(float(np.percentile(ms, p)), 4) for p in LATENCY_PERCENTILES}
+
+
+def _check_against_reference(
+    q: np.ndarray, db: np.ndarray, k: int, got_d: np.ndarray, got_i: np.ndarray, sample: int, rng: np.random.Generator
+) -> bool:
+    """brcd's (distance, index) lists equal the numpy reference's for a random sample of queries."""
+    if sample == 0:
+        return True
+    rows = np.sort(rng.choice(len(q), size=min(sample, len(q)), replace=False))
+    want_d, want_i = reference.knn(q[rows], db, k)
+    return bool(np.array_equal(got_d[rows], want_d) and np.array_equal(got_i[rows], want_i))
+
+
+def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
+    """Measure brcd and faiss on the same codes; return a JSON-ready report.
+
+    Batch mode (queries > 1) times whole batches (median of `repeats` after a
+    warm-up) and reports queries per second. Latency mode (queries == 1) times
+    `max(repeats, 100)` separate one-query calls and reports percentiles; its
+    qps is 1 / median latency.
+    """
+    config.validate()
+    threads = config.threads if config.threads is not None else kernels.default_threads()
+    rng = np.random.default_rng(config.seed)
+    db = random_codes(config.n, config.bits, rng)
+    n_q = max(config.repeats, 100) if config.latency_mode else config.queries
+    q = random_codes(n_q, config.bits, rng)
+    k = config.k
+
+    try:
+        backend = kernels.active_backend() if config.backend is None else config.backend
+        brcd_search = lambda x: kernels.knn(x, db, k, backend=backend, threads=threads)  # noqa: E731
+        brcd_d, brcd_i = brcd_search(q)
+    except (ValueError, RuntimeError) as exc:
+        raise BrcdError(str(exc)) from None
+    features = kernels.native_features() if backend == "native" else None
+
+    faiss, faiss_version = _load_faiss() if config.use_faiss else (None, "not requested (--no-faiss)")
+    report: dict[str, Any] = {
+        "mode": "latency" if config.latency_mode else "throughput",
+        **{key: value for key, value in asdict(config).items() if key not in ("threads", "use_faiss")},
+        "threads": threads,
+        "backend": backend,
+        "simd_path": features["simd_path"] if features else None,
+        "faiss": faiss_version,
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+    # brcd is timed before faiss first runs: faiss's OpenMP workers keep spinning
+    # for a while after each call and would steal the cores from brcd's threads.
+    if config.latency_mode:
+        brcd_ms = _latencies_ms(brcd_search, q)
+        report["brcd_latency_ms"] = _percentiles(brcd_ms)
+        brcd_qps = 1e3 / float(np.median(brcd_ms))
+    else:
+        brcd_s, _ = _median_seconds(lambda: brcd_search(q), config.repeats)
+        report["brcd_seconds"] = round(brcd_s, 5)
+        brcd_qps = n_q / brcd_s
+    report["brcd_qps"] = round(brcd_qps, 2)
+
+    faiss_d = None
+    faiss_qps: Optional[float] = None
+    if faiss is not None:
+        previous_threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads)
+        try:
+            index = faiss.IndexBinaryFlat(config.bits)
+            index.add(db)
+            faiss_search = lambda x: index.search(x, k)  # noqa: E731
+            faiss_d = faiss_search(q)[0]
+            if config.latency_mode:
+                faiss_ms = _latencies_ms(faiss_search, q)
+                report["faiss_latency_ms"] = _percentiles(faiss_ms)
+                faiss_qps = 1e3 / float(np.median(faiss_ms))
+            else:
+                faiss_s, _ = _median_seconds(lambda: faiss_search(q), config.repeats)
+                report["faiss_seconds"] = round(faiss_s, 5)
+                faiss_qps = n_q / faiss_s
+        finally:
+            faiss.omp_set_num_threads(previous_threads)
+    report["faiss_qps"] = round(faiss_qps, 2) if faiss_qps else None
+    report["speedup"] = round(brcd_qps / faiss_qps, 3) if faiss_qps else None
+    if config.latency_mode and faiss_qps:
+        report["latency_ratio"] = round(report["brcd_latency_ms"]["p50"] / report["faiss_latency_ms"]["p50"], 4)
+    matches_faiss = faiss_d is None or bool(np.array_equal(brcd_d, faiss_d.astype(np.int32)))
+    matches_reference = _check_against_reference(q, db, k, brcd_d, brcd_i, config.check_queries, rng)
+    report["exact"] = matches_faiss and matches_reference
+    report["exact_checked_by"] = ("faiss distances for every query, " if faiss_d is not None else "") + (
+        f"reference kernels on {min(config.check_queries, n_q)} sampled queries"
+    )
+    return report
+
+
+def format_report(report: dict[str, Any]) -> list[str]:
+    """Human-readable lines for the terminal (the --json output carries the same numbers)."""
+    head = (
+        f"{report['bits']}-bit codes, n={report['n']}, k={report['k']}, threads={report['threads']}, "
+        f"backend={report['backend']}" + (f" ({report['simd_path']})" if report["simd_path"] else "")
+    )
+    lines = [head]
+    if report["mode"] == "latency":
+        for who in ("brcd", "faiss"):
+            lat = report.get(f"{who}_latency_ms")
+            if lat:
+                lines.append(f"{who:6s} latency ms  " + "  ".join(f"{p} {v:.3f}" for p, v in lat.items()))
+    else:
+        lines.append(f"brcd   {report['brcd_qps']:>12,.0f} queries/s")
+        if report["faiss_qps"]:
+            lines.append(f"faiss  {report['faiss_qps']:>12,.0f} queries/s")
+    lines.append(f"faiss: {report['faiss']}")
+    if report["speedup"] is not None:
+        lines.append(f"speedup {report['speedup']:.2f}x over faiss IndexBinaryFlat")
+    lines.append(f"exact: {report['exact']} ({report['exact_checked_by']})")
+    if report["load_average"] is not None:
+        lines.append(f"load average: {' '.join(str(x) for x in report['load_average'])}")
+    return lines
