@@ -554,3 +554,40 @@ def test_cli_mistakes_are_one_line_with_a_documented_code(args, exit_code, words
     assert codes.read_bytes() == before
     documented = (REPO / "README.md").read_text()
     assert f"| {exit_code} " in documented
+
+
+def _valid_index_bytes(tmp: Path) -> tuple[Path, bytes]:
+    from brcd_cli.search.mih import build_index
+
+    codes = tmp / "fuzz-index.codes"
+    if not codes.exists():
+        rng = np.random.default_rng(0)
+        write_codes(codes, rng.integers(0, 256, size=(64, 8), dtype=np.uint8), [f"img/{i}.png" for i in range(64)],
+                    bits=64, producer="ab" * 32, code_space="cd" * 32)
+        build_index(codes, tmp / "fuzz-index.mih", log=QUIET)
+    return codes, (tmp / "fuzz-index.mih").read_bytes()
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_index_reader_fuzz(tmp_path: Path, data):
+    """Random damage to an index file is refused with one clear error (or, where harmless, still searches exactly)."""
+    from brcd_cli.errors import BrcdError
+    from brcd_cli.search.mih import open_index
+
+    _, raw = _valid_index_bytes(tmp_path)
+    raw = bytearray(raw)
+    action = data.draw(st.sampled_from(["flip", "cut", "append"]))
+    if action == "flip":
+        for pos in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8)):
+            raw[pos] ^= data.draw(st.integers(1, 255))
+    elif action == "cut":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=64))
+    path = tmp_path / "fuzzed.mih"
+    path.write_bytes(bytes(raw))
+    try:
+        open_index(path)
+    except BrcdError as exc:
+        assert "\n" not in str(exc)
