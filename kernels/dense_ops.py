@@ -116,4 +116,8 @@ def masked_similarity(a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torc
     op = None if os.environ.get(ENV_VAR, "").strip().lower() == "reference" else registered_op()
     if op is None:
         return reference.masked_similarity_forward(a, b, mask)
+    if a.is_cuda:  # attach the fused CUDA kernels once; outside registered_op(), whose lock they take too
+        from .cuda import register_cuda_kernels
+
+        register_cuda_kernels()
     return op(a, b, mask)

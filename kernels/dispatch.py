@@ -150,10 +150,23 @@ def active_backend() -> str:
     return _select(None)[0]
 
 
+def _on_gpu(queries: Any, database: Any) -> bool:
+    """CUDA tensors stay on their device: the GPU dispatch (extension > CuPy > torch) takes them."""
+    from .gpu_inputs import is_gpu_tensor
+
+    return is_gpu_tensor(queries) or is_gpu_tensor(database)
+
+
+def _gpu() -> ModuleType:
+    return importlib.import_module(f"{__package__}.cuda")
+
+
 def hamming_distances(
     queries: Any, database: Any, *, backend: Optional[str] = None, threads: Optional[int] = None
 ) -> np.ndarray:
     """All-pairs Hamming distances between packed codes, int32 (q, n)."""
+    if _on_gpu(queries, database):
+        return _gpu().hamming_distances(queries, database)
     q, db = _checks.packed_pair(queries, database)
     return _call(backend, "hamming_distances", threads, q, db)
 
@@ -166,6 +179,8 @@ def knn(
     Rows are sorted by (distance, database index), so results are reproducible
     across backends and runs even when many codes tie.
     """
+    if _on_gpu(queries, database):
+        return _gpu().knn(queries, database, k)
     q, db = _checks.packed_pair(queries, database)
     kk = _checks.check_k(k)
     return _call(backend, "knn", threads, q, db, kk)
@@ -179,6 +194,8 @@ def radius_search(
     The hits of query i are [lims[i], lims[i+1]), sorted by (distance, index),
     like faiss range_search; a CSR layout avoids one Python list per query.
     """
+    if _on_gpu(queries, database):
+        return _gpu().radius_search(queries, database, radius)
     q, db = _checks.packed_pair(queries, database)
     r = _checks.check_radius(radius, 8 * q.shape[1])
     return _call(backend, "radius_search", threads, q, db, r)
@@ -192,6 +209,8 @@ def masked_similarity_packed(
     masks is one packed mask shared by all queries, (nb,) or (1, nb), or one per
     query, (q, nb).
     """
+    if _on_gpu(queries, database):
+        return _gpu().masked_similarity_packed(queries, database, masks)
     q, db = _checks.packed_pair(queries, database)
     m = _checks.packed_masks(masks, q.shape[0], q.shape[1])
     return _call(backend, "masked_similarity_packed", threads, q, db, m)

@@ -650,3 +650,20 @@ def test_info_lists_the_gpu_backends(capsys: pytest.CaptureFixture) -> None:
     info = json.loads(out)
     assert code == 0 and list(info["gpu_backends"]) == list(cuda.GPU_BACKENDS)
     assert info["gpu_backend_in_use"] == (cuda.active_gpu_backend() or "none (no CUDA device visible)")
+
+
+@needs_gpu
+def test_packed_dispatch_keeps_cuda_tensors_on_the_gpu():
+    """brcd_cli.kernels routes CUDA tensors to the GPU backends, with the CPU reference's results."""
+    from brcd_cli import kernels
+    from brcd_cli.kernels import reference
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 256, size=(5, 8), dtype=np.uint8)
+    db = rng.integers(0, 4, size=(300, 8), dtype=np.uint8)
+    d, i = kernels.knn(torch.from_numpy(q).cuda(), torch.from_numpy(db).cuda(), 17)
+    rd, ri = reference.knn(q, db, 17)
+    assert d.is_cuda and np.array_equal(d.cpu().numpy(), rd) and np.array_equal(i.cpu().numpy(), ri)
+    lims, dist, idx = kernels.radius_search(torch.from_numpy(q).cuda(), torch.from_numpy(db).cuda(), 30)
+    rl, rdist, ridx = reference.radius_search(q, db, 30)
+    assert np.array_equal(lims.cpu().numpy(), rl) and np.array_equal(idx.cpu().numpy(), ridx)
