@@ -131,7 +131,9 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{'':50s} {'mAP':>7s} {'encode img/s':>13s}")
     for name, value, speed in rows:
         print(f"{name:50s} {value:7.4f} {speed:13.0f}")
-    print(f"student encodes {report['encode_speedup']:.1f}x faster than the teacher "
+    ratio = report["encode_speedup"]
+    pace = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
+    print(f"student encodes {pace} the teacher on this machine "
           f"({report['student_arch']} {report['student_params'] / 1e6:.2f}M vs {report['teacher_arch']} {report['teacher_params'] / 1e6:.2f}M params)")
     ex = report["example_search"]
     print(f"\nexample search (student-encoded query {ex['query']} against {report['codes_file']}):")
