@@ -86,10 +86,9 @@ def check_radius(radius: Any, n_bits: int) -> int:
     return int(math.floor(r))
 
 
-def packed_masks(masks: Any, n_queries: int, n_bytes: int) -> np.ndarray:
-    """Normalise masks to (1, n_bytes) (shared by all queries) or (n_queries, n_bytes)."""
-    m = to_numpy(masks, "masks")
-    if m.dtype != np.uint8:
+def mask_layout(m: Any, is_uint8: bool, n_queries: int, n_bytes: int) -> Any:
+    """Check a packed mask array (numpy or torch) and give it two dimensions; one wording for every backend."""
+    if not is_uint8:
         raise ValueError(
             f"masks must be packed bit masks of dtype uint8, got dtype {m.dtype}; pack 0/1 masks with pack_codes()"
         )
@@ -108,4 +107,11 @@ def packed_masks(masks: Any, n_queries: int, n_bytes: int) -> np.ndarray:
             f"masks must hold one row shared by all queries or one row per query ({n_queries}), "
             f"got {m.shape[0]} rows"
         )
+    return m
+
+
+def packed_masks(masks: Any, n_queries: int, n_bytes: int) -> np.ndarray:
+    """Normalise masks to (1, n_bytes) (shared by all queries) or (n_queries, n_bytes)."""
+    m = to_numpy(masks, "masks")
+    m = mask_layout(m, m.dtype == np.uint8, n_queries, n_bytes)
     return np.ascontiguousarray(m)

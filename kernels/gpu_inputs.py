@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from ._checks import mask_layout
+
 if TYPE_CHECKING:
     import torch
 
@@ -63,23 +65,7 @@ def packed_masks(masks: Any, n_queries: int, n_bytes: int, device: "torch.device
     import torch
 
     m = masks if isinstance(masks, torch.Tensor) else torch.as_tensor(masks)
-    if m.dtype != torch.uint8:
-        raise ValueError(
-            f"masks must be packed bit masks of dtype uint8, got dtype {m.dtype}; pack 0/1 masks with pack_codes()"
-        )
-    if m.ndim == 1:
-        m = m[None, :]
-    if m.ndim != 2:
-        raise ValueError(
-            f"masks must have shape (n_bytes,), (1, n_bytes) or (n_queries, n_bytes), got {tuple(m.shape)}"
-        )
-    if m.shape[1] != n_bytes:
-        raise ValueError(f"masks have {m.shape[1]} bytes per row but the codes have {n_bytes} bytes; they must match")
-    if m.shape[0] not in (1, n_queries):
-        raise ValueError(
-            f"masks must hold one row shared by all queries or one row per query ({n_queries}), "
-            f"got {m.shape[0]} rows"
-        )
+    m = mask_layout(m, m.dtype == torch.uint8, n_queries, n_bytes)
     return m.to(device).contiguous()
 
 
