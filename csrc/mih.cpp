@@ -42,6 +42,9 @@
 // caps it, as it does for the scan kernels. No -march flag is needed, so one
 // build runs on any x86-64 CPU and on other architectures (portable only).
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -69,6 +72,9 @@ static constexpr int kMaxWords = 8;  // codes up to 512 bits
 #else
 #define BRCD_MIH_X86 0
 #define BRCD_TARGET_POPCNT
+#endif
+#ifndef BRCD_MIH_AHEAD_BYTES
+#define BRCD_MIH_AHEAD_BYTES 2048
 #endif
 #define BRCD_INLINE inline __attribute__((always_inline))
 // Lambdas on the hot path must be inlined into the target-specific entry
@@ -209,17 +215,20 @@ BRCD_INLINE uint64_t binomial(uint32_t n, uint32_t k) {
 
 // Visit the non-empty buckets at substring distance exactly s from qkey, as
 // [begin, end) ranges. A bucket is a random place in a table of many
-// megabytes, so each visit would stall on a cache miss; instead the keys are
-// listed first and the work runs as a pipeline: the offsets of the bucket
-// kAheadOffsets keys ahead are prefetched, the codes of the bucket kAheadCodes
-// ahead are prefetched once its offsets are read, and only then is a bucket
-// scanned, by which time its cache lines have (mostly) arrived.
+// megabytes, so each visit would stall on a cache miss; instead the work runs
+// in two passes. First the keys are listed and their buckets located (the
+// offsets are small and prefetched a few keys ahead). Then the buckets are
+// scanned while a prefetch cursor walks the same ranges, cache line by cache
+// line, a fixed number of bytes ahead of the scan: the memory system always
+// has about as many lines in flight as it can take, whatever the bucket sizes.
 template <class F>
 BRCD_INLINE void for_each_bucket(const IndexView& ix, const Table& t, uint32_t qkey, uint32_t s, F&& f) {
-    constexpr size_t kAheadOffsets = 16, kAheadCodes = 8;
-    constexpr size_t kPrefetchBytes = 256;
+    constexpr size_t kAheadOffsets = 16;
+    constexpr size_t kAheadBytes = BRCD_MIH_AHEAD_BYTES;
     thread_local std::vector<uint32_t> keys;
+    thread_local std::vector<std::pair<uint32_t, uint32_t>> ranges;
     keys.clear();
+    ranges.clear();
     if (binomial(t.sub.width, s) <= t.n_buckets) {
         for_each_mask(t.sub.width, s, [&](uint64_t mask) BRCD_LAMBDA_INLINE { keys.push_back(qkey ^ static_cast<uint32_t>(mask)); });
     } else {
@@ -232,24 +241,34 @@ BRCD_INLINE void for_each_bucket(const IndexView& ix, const Table& t, uint32_t q
     }
     const size_t n = keys.size();
     const bool direct = t.keys == nullptr;
-    uint32_t ring_begin[kAheadCodes], ring_end[kAheadCodes];
-    auto locate = [&](size_t i) BRCD_LAMBDA_INLINE {
-        uint32_t b, e;
-        t.bucket(keys[i], b, e);
-        ring_begin[i % kAheadCodes] = b;
-        ring_end[i % kAheadCodes] = e;
-        const uint8_t* first = t.codes + static_cast<size_t>(b) * ix.nb;
-        const size_t bytes = std::min(kPrefetchBytes, static_cast<size_t>(e - b) * ix.nb);
-        for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(first + off);
-    };
     if (direct)
         for (size_t i = 0; i < std::min(kAheadOffsets, n); ++i) __builtin_prefetch(t.offsets + keys[i]);
-    for (size_t i = 0; i < std::min(kAheadCodes, n); ++i) locate(i);
     for (size_t i = 0; i < n; ++i) {
         if (direct && i + kAheadOffsets < n) __builtin_prefetch(t.offsets + keys[i + kAheadOffsets]);
-        const uint32_t b = ring_begin[i % kAheadCodes], e = ring_end[i % kAheadCodes];
-        if (i + kAheadCodes < n) locate(i + kAheadCodes);  // reuses slot i % kAheadCodes, read just above
-        if (b < e) f(b, e);
+        uint32_t b, e;
+        t.bucket(keys[i], b, e);
+        if (b < e) ranges.emplace_back(b, e);
+    }
+    // The prefetch cursor: range pr, next byte pb of it (relative to the codes array).
+    const size_t nr = ranges.size();
+    const uint8_t* base = t.codes;
+    size_t pr = 0, pb = nr ? static_cast<size_t>(ranges[0].first) * ix.nb : 0;
+    size_t fetched = 0, consumed = 0;  // bytes issued by the cursor / scanned so far
+    for (size_t i = 0; i < nr; ++i) {
+        const size_t bytes = static_cast<size_t>(ranges[i].second - ranges[i].first) * ix.nb;
+        while (pr < nr && fetched < consumed + bytes + kAheadBytes) {
+            const size_t end = static_cast<size_t>(ranges[pr].second) * ix.nb;
+            __builtin_prefetch(base + pb);
+            const size_t next = (pb & ~size_t{63}) + 64;
+            fetched += std::min(next, end) - pb;
+            if (next >= end) {
+                if (++pr < nr) pb = static_cast<size_t>(ranges[pr].first) * ix.nb;
+            } else {
+                pb = next;
+            }
+        }
+        consumed += bytes;
+        f(ranges[i].first, ranges[i].second);
     }
 }
 
@@ -303,31 +322,61 @@ struct ScalarScan {
     }
 };
 
-// 64-bit codes in two passes over blocks of 16: the distances of a block
-// first (a loop without branches, which the compiler turns into per-lane
-// vector popcounts in the avx512 build), then the rare hits.
+// 64-bit codes, one word each: read in place (no copy to the stack: a
+// variable-length copy becomes `rep movs`, whose start-up cost and failed
+// store forwarding into the next load dominated the whole search).
 struct Scan64 {
     template <class F>
     static BRCD_INLINE void scan(const IndexView&, const Table& t, const uint64_t* q, uint32_t b, uint32_t e,
                                  uint32_t limit, F&& cb) {
-        constexpr uint32_t kBlock = 16;
         const uint8_t* codes = t.codes;
         const uint64_t q0 = q[0];
-        for (uint32_t p = b; p < e; p += kBlock) {
-            const uint32_t count = std::min(kBlock, e - p);
-            uint64_t c[kBlock];
-            uint32_t d[kBlock];
-            std::memcpy(c, codes + static_cast<size_t>(p) * 8, static_cast<size_t>(count) * 8);
-            for (uint32_t i = 0; i < kBlock; ++i) d[i] = static_cast<uint32_t>(popcount64(c[i] ^ q0));
-            for (uint32_t i = 0; i < count; ++i) {
-                if (d[i] <= limit) {
-                    const uint64_t x = c[i] ^ q0;
-                    cb(p + i, d[i], &x);
-                }
+        for (uint32_t p = b; p < e; ++p) {
+            uint64_t c;
+            std::memcpy(&c, codes + static_cast<size_t>(p) * 8, 8);
+            const uint64_t x = c ^ q0;
+            const uint32_t d = static_cast<uint32_t>(popcount64(x));
+            if (d <= limit) cb(p, d, &x);
+        }
+    }
+};
+
+#if BRCD_MIH_X86
+// The AVX-512 build of Scan64: eight codes per masked vector load, vector
+// popcounts, one compare into a bit mask, then only the hits are visited.
+BRCD_TARGET_AVX512 BRCD_INLINE __mmask8 scan8_avx512(const uint8_t* codes, __m512i q, __m512i limit, __mmask8 lanes,
+                                                      uint64_t* x_out, uint64_t* d_out) {
+    const __m512i c = _mm512_maskz_loadu_epi64(lanes, codes);
+    const __m512i x = _mm512_xor_si512(c, q);
+    const __m512i d = _mm512_popcnt_epi64(x);
+    _mm512_storeu_si512(x_out, x);
+    _mm512_storeu_si512(d_out, d);
+    return _mm512_mask_cmple_epu64_mask(lanes, d, limit);
+}
+
+struct Scan64Avx512 {
+    template <class F>
+    // Not forced inline: GCC will not inline an AVX-512 function into the
+    // (default-target) lambdas that call it; one call per bucket is cheap.
+    static BRCD_TARGET_AVX512 void scan(const IndexView&, const Table& t, const uint64_t* q, uint32_t b, uint32_t e,
+                                        uint32_t limit, F&& cb) {
+        const uint8_t* codes = t.codes;
+        const __m512i qv = _mm512_set1_epi64(static_cast<long long>(q[0]));
+        const __m512i lv = _mm512_set1_epi64(static_cast<long long>(limit));
+        alignas(64) uint64_t x[8], d[8];
+        for (uint32_t p = b; p < e; p += 8) {
+            const uint32_t count = std::min<uint32_t>(8, e - p);
+            const __mmask8 lanes = static_cast<__mmask8>((1u << count) - 1);
+            uint32_t hits = scan8_avx512(codes + static_cast<size_t>(p) * 8, qv, lv, lanes, x, d);
+            while (hits) {
+                const uint32_t i = static_cast<uint32_t>(__builtin_ctz(hits));
+                hits &= hits - 1;
+                cb(p + i, static_cast<uint32_t>(d[i]), &x[i]);
             }
         }
     }
 };
+#endif
 
 // One query's radius search: (distance << 32 | id) for every code within r, sorted.
 template <class Scan>
@@ -505,7 +554,7 @@ template <class Load>
 void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Path path) {
     parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
 #if BRCD_MIH_X86
-        if (path == Path::avx512 && ix.nb == 8) return radius_range_avx512<Scan64>(ix, qs, lo, hi, r, res);
+        if (path == Path::avx512 && ix.nb == 8) return radius_range_avx512<Scan64Avx512>(ix, qs, lo, hi, r, res);
 #endif
         if (path != Path::scalar && ix.nb == 8) return radius_range_popcnt<Scan64>(ix, qs, lo, hi, r, res);
         if (path != Path::scalar) return radius_range_popcnt<ScalarScan<Load>>(ix, qs, lo, hi, r, res);
@@ -517,7 +566,7 @@ template <class Load>
 void knn_batch(const IndexView& ix, const Query& qs, size_t nq, size_t k, int threads, Results& res, Path path) {
     parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
 #if BRCD_MIH_X86
-        if (path == Path::avx512 && ix.nb == 8) return knn_range_avx512<Scan64>(ix, qs, lo, hi, k, res);
+        if (path == Path::avx512 && ix.nb == 8) return knn_range_avx512<Scan64Avx512>(ix, qs, lo, hi, k, res);
 #endif
         if (path != Path::scalar && ix.nb == 8) return knn_range_popcnt<Scan64>(ix, qs, lo, hi, k, res);
         if (path != Path::scalar) return knn_range_popcnt<ScalarScan<Load>>(ix, qs, lo, hi, k, res);
