@@ -470,7 +470,7 @@ def bench_lookup_cmd(
     clustered: bool = typer.Option(False, "--clustered", help="clustered codes (centres plus bit flips) instead of uniform"),
     clusters: int = typer.Option(1000, "--clusters", help="cluster centres of --clustered codes"),
     flip: float = typer.Option(0.05, "--flip", help="per-bit flip probability of --clustered codes"),
-    queries: int = typer.Option(100, "--queries", help="queries, each searched alone"),
+    queries: int = typer.Option(1000, "--queries", help="queries, each searched alone (a lookup takes microseconds: fewer make a noisy timing)"),
     repeats: int = typer.Option(3, "--repeats", help="timed rounds (median)"),
     m: Optional[int] = typer.Option(None, "--m", help="substrings of the index (default: about bits / log2 n)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="threads of the linear scan (default: all cores)"),

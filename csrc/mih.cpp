@@ -34,10 +34,10 @@
 // has been found; the search stops once k found codes lie within that
 // guaranteed radius, and returns the k smallest by (distance, index).
 //
-// The search (its candidate check: xor, popcount of the code and of each
+// The bucket scan (the candidate check: xor, popcount of the code and of each
 // substring) is compiled three times through target attributes: portable,
-// with the popcnt instruction, and for AVX-512 VPOPCNTDQ (64-bit codes, whose
-// per-bucket distance loop then becomes per-lane vector popcounts). The best
+// with the popcnt instruction, and for AVX-512 VPOPCNTDQ (64-bit codes, 32 per
+// step as vector popcounts compared into a bit mask of hits). The best
 // one the CPU has is chosen at run time; BRCD_SIMD=scalar|popcnt|avx2|avx512
 // caps it, as it does for the scan kernels. No -march flag is needed, so one
 // build runs on any x86-64 CPU and on other architectures (portable only).
@@ -72,9 +72,6 @@ static constexpr int kMaxWords = 8;  // codes up to 512 bits
 #else
 #define BRCD_MIH_X86 0
 #define BRCD_TARGET_POPCNT
-#endif
-#ifndef BRCD_MIH_AHEAD_BYTES
-#define BRCD_MIH_AHEAD_BYTES 2048
 #endif
 #define BRCD_INLINE inline __attribute__((always_inline))
 // Lambdas on the hot path must be inlined into the target-specific entry
@@ -213,20 +210,15 @@ BRCD_INLINE uint64_t binomial(uint32_t n, uint32_t k) {
     return static_cast<uint64_t>(c);
 }
 
-// Visit the non-empty buckets at substring distance exactly s from qkey, as
-// [begin, end) ranges. A bucket is a random place in a table of many
-// megabytes, so each visit would stall on a cache miss; instead the work runs
-// in two passes. First the keys are listed and their buckets located (the
-// offsets are small and prefetched a few keys ahead). Then the buckets are
-// scanned while a prefetch cursor walks the same ranges, cache line by cache
-// line, a fixed number of bytes ahead of the scan: the memory system always
-// has about as many lines in flight as it can take, whatever the bucket sizes.
-template <class F>
-BRCD_INLINE void for_each_bucket(const IndexView& ix, const Table& t, uint32_t qkey, uint32_t s, F&& f) {
+using Range = std::pair<uint32_t, uint32_t>;  // [begin, end) positions of one bucket in its table
+
+// The non-empty buckets at substring distance exactly s from qkey, as ranges
+// appended to `ranges`. The keys are listed first and their offsets
+// prefetched a few keys ahead (the offsets are small; the buckets' codes are
+// what is far away, see scan_ranges).
+BRCD_INLINE void collect_ranges(const Table& t, uint32_t qkey, uint32_t s, std::vector<Range>& ranges) {
     constexpr size_t kAheadOffsets = 16;
-    constexpr size_t kAheadBytes = BRCD_MIH_AHEAD_BYTES;
     thread_local std::vector<uint32_t> keys;
-    thread_local std::vector<std::pair<uint32_t, uint32_t>> ranges;
     keys.clear();
     ranges.clear();
     if (binomial(t.sub.width, s) <= t.n_buckets) {
@@ -249,23 +241,28 @@ BRCD_INLINE void for_each_bucket(const IndexView& ix, const Table& t, uint32_t q
         t.bucket(keys[i], b, e);
         if (b < e) ranges.emplace_back(b, e);
     }
-    // The prefetch cursor: range pr, next byte pb of it (relative to the codes array).
-    const size_t nr = ranges.size();
+}
+
+// Call f(begin, end) for each of n bucket ranges. A bucket is a random place
+// in a table of many megabytes, so each would stall on cache misses; instead
+// a prefetch cursor walks the same ranges, cache line by cache line, a fixed
+// number of bytes ahead of the scan: the memory system always has about as
+// many lines in flight as it can take, whatever the bucket sizes.
+template <class F>
+BRCD_INLINE void scan_ranges(const IndexView& ix, const Table& t, const Range* ranges, size_t nr, F&& f) {
+    constexpr size_t kAheadBytes = 4096;
     const uint8_t* base = t.codes;
-    size_t pr = 0, pb = nr ? static_cast<size_t>(ranges[0].first) * ix.nb : 0;
-    size_t fetched = 0, consumed = 0;  // bytes issued by the cursor / scanned so far
+    const size_t nb = ix.nb;
+    size_t pr = 0;                     // the next range the cursor prefetches
+    size_t fetched = 0, consumed = 0;  // bytes prefetched / scanned so far
     for (size_t i = 0; i < nr; ++i) {
-        const size_t bytes = static_cast<size_t>(ranges[i].second - ranges[i].first) * ix.nb;
-        while (pr < nr && fetched < consumed + bytes + kAheadBytes) {
-            const size_t end = static_cast<size_t>(ranges[pr].second) * ix.nb;
-            __builtin_prefetch(base + pb);
-            const size_t next = (pb & ~size_t{63}) + 64;
-            fetched += std::min(next, end) - pb;
-            if (next >= end) {
-                if (++pr < nr) pb = static_cast<size_t>(ranges[pr].first) * ix.nb;
-            } else {
-                pb = next;
-            }
+        const size_t bytes = static_cast<size_t>(ranges[i].second - ranges[i].first) * nb;
+        for (; pr < nr && fetched < consumed + bytes + kAheadBytes; ++pr) {
+            const uintptr_t lo = reinterpret_cast<uintptr_t>(base + static_cast<size_t>(ranges[pr].first) * nb);
+            const uintptr_t hi = reinterpret_cast<uintptr_t>(base + static_cast<size_t>(ranges[pr].second) * nb);
+            for (uintptr_t line = lo & ~uintptr_t{63}; line < hi; line += 64)
+                __builtin_prefetch(reinterpret_cast<const void*>(line));
+            fetched += hi - lo;
         }
         consumed += bytes;
         f(ranges[i].first, ranges[i].second);
@@ -342,75 +339,114 @@ struct Scan64 {
 };
 
 #if BRCD_MIH_X86
-// The AVX-512 build of Scan64: eight codes per masked vector load, vector
-// popcounts, one compare into a bit mask, then only the hits are visited.
-BRCD_TARGET_AVX512 BRCD_INLINE __mmask8 scan8_avx512(const uint8_t* codes, __m512i q, __m512i limit, __mmask8 lanes,
-                                                      uint64_t* x_out, uint64_t* d_out) {
-    const __m512i c = _mm512_maskz_loadu_epi64(lanes, codes);
-    const __m512i x = _mm512_xor_si512(c, q);
-    const __m512i d = _mm512_popcnt_epi64(x);
-    _mm512_storeu_si512(x_out, x);
-    _mm512_storeu_si512(d_out, d);
-    return _mm512_mask_cmple_epu64_mask(lanes, d, limit);
-}
-
+// The AVX-512 build of Scan64: 32 codes per step as four vector loads,
+// popcounts and compares into one bit mask of hits; hits are rare (the limit
+// is the current k-th distance or the radius), so they are re-read one by one
+// instead of storing every block's distances. The tail takes masked loads.
 struct Scan64Avx512 {
+    // Bit i set: code i of these 8 (of the lanes given) lies within the limit.
+    static BRCD_TARGET_AVX512 BRCD_INLINE uint32_t hits8(const uint64_t* codes, __m512i qv, __m512i lv, __mmask8 lanes) {
+        const __m512i c = _mm512_maskz_loadu_epi64(lanes, codes);
+        return static_cast<uint32_t>(
+            _mm512_mask_cmple_epu64_mask(lanes, _mm512_popcnt_epi64(_mm512_xor_si512(c, qv)), lv));
+    }
+
     template <class F>
-    // Not forced inline: GCC will not inline an AVX-512 function into the
-    // (default-target) lambdas that call it; one call per bucket is cheap.
+    static BRCD_TARGET_AVX512 BRCD_INLINE void visit(const uint64_t* codes, uint64_t q0, uint32_t p, uint32_t hits,
+                                                     F& cb) {
+        while (hits) {
+            const uint32_t i = static_cast<uint32_t>(__builtin_ctz(hits));
+            hits &= hits - 1;
+            uint64_t x;
+            std::memcpy(&x, codes + p + i, 8);
+            x ^= q0;
+            cb(p + i, static_cast<uint32_t>(popcount64(x)), &x);
+        }
+    }
+
+    template <class F>
     static BRCD_TARGET_AVX512 void scan(const IndexView&, const Table& t, const uint64_t* q, uint32_t b, uint32_t e,
                                         uint32_t limit, F&& cb) {
-        const uint8_t* codes = t.codes;
-        const __m512i qv = _mm512_set1_epi64(static_cast<long long>(q[0]));
+        const uint64_t* codes = reinterpret_cast<const uint64_t*>(t.codes);
+        const uint64_t q0 = q[0];
+        const __m512i qv = _mm512_set1_epi64(static_cast<long long>(q0));
         const __m512i lv = _mm512_set1_epi64(static_cast<long long>(limit));
-        alignas(64) uint64_t x[8], d[8];
-        for (uint32_t p = b; p < e; p += 8) {
+        uint32_t p = b;
+        for (; p + 32 <= e; p += 32) {
+            const uint32_t hits = hits8(codes + p, qv, lv, 0xff) | (hits8(codes + p + 8, qv, lv, 0xff) << 8) |
+                                  (hits8(codes + p + 16, qv, lv, 0xff) << 16) |
+                                  (hits8(codes + p + 24, qv, lv, 0xff) << 24);
+            if (hits) visit(codes, q0, p, hits, cb);
+        }
+        for (; p < e; p += 8) {
             const uint32_t count = std::min<uint32_t>(8, e - p);
-            const __mmask8 lanes = static_cast<__mmask8>((1u << count) - 1);
-            uint32_t hits = scan8_avx512(codes + static_cast<size_t>(p) * 8, qv, lv, lanes, x, d);
-            while (hits) {
-                const uint32_t i = static_cast<uint32_t>(__builtin_ctz(hits));
-                hits &= hits - 1;
-                cb(p + i, static_cast<uint32_t>(d[i]), &x[i]);
-            }
+            const uint32_t hits = hits8(codes + p, qv, lv, static_cast<__mmask8>((1u << count) - 1));
+            if (hits) visit(codes, q0, p, hits, cb);
         }
     }
 };
 #endif
 
-// One query's radius search: (distance << 32 | id) for every code within r, sorted.
-template <class Scan>
-BRCD_INLINE void radius_one(const IndexView& ix, const uint64_t* q, uint32_t r, std::vector<uint64_t>& out) {
+// ---------------------------------------------------------------------------
+// The builds of the bucket scan. A Target runs scan_ranges with the candidate
+// check of one Scan, compiled for one instruction set: everything it calls is
+// inlined into it, so the hot loop gets that set's popcount and vectors while
+// the search logic around it stays portable code.
+
+#define BRCD_DEFINE_TARGET(NAME, ATTR)                                                                       \
+    struct NAME {                                                                                            \
+        template <class Scan, class F>                                                                       \
+        static ATTR void scan(const IndexView& ix, const Table& t, const uint64_t* q, const Range* ranges,   \
+                              size_t nr, uint32_t limit, F&& cb) {                                           \
+            scan_ranges(ix, t, ranges, nr, [&](uint32_t b, uint32_t e) BRCD_LAMBDA_INLINE {                  \
+                Scan::scan(ix, t, q, b, e, limit, cb);                                                       \
+            });                                                                                              \
+        }                                                                                                    \
+    };
+BRCD_DEFINE_TARGET(TargetScalar, )
+BRCD_DEFINE_TARGET(TargetPopcnt, BRCD_TARGET_POPCNT)
+#if BRCD_MIH_X86
+BRCD_DEFINE_TARGET(TargetAvx512, BRCD_TARGET_AVX512)
+#endif
+
+// ---------------------------------------------------------------------------
+// One query.
+
+// Radius search: (distance << 32 | id) for every code within r, sorted.
+template <class Scan, class Target>
+void radius_one(const IndexView& ix, const uint64_t* q, uint32_t r, std::vector<uint64_t>& out) {
     out.clear();
     const size_t m = ix.tables.size();
     if (ix.n == 0 || m == 0) return;
     const std::vector<int> radii = probe_radii(r, m);
+    thread_local std::vector<Range> ranges;
     for (size_t j = 0; j < m; ++j) {
         const Table& t = ix.tables[j];
         const uint32_t qkey = t.sub.key(q);
         const int top = std::min<int>(radii[j], static_cast<int>(t.sub.width));
         for (int s = 0; s <= top; ++s) {
-            for_each_bucket(ix, t, qkey, static_cast<uint32_t>(s), [&](uint32_t b, uint32_t e) BRCD_LAMBDA_INLINE {
-                Scan::scan(ix, t, q, b, e, r, [&](uint32_t p, uint32_t d, const uint64_t* x) BRCD_LAMBDA_INLINE {
-                    if (m > 1 && !reported_by(ix, x, j, static_cast<uint32_t>(s))) return;
-                    out.push_back((static_cast<uint64_t>(d) << 32) | t.ids[p]);
-                });
-            });
+            collect_ranges(t, qkey, static_cast<uint32_t>(s), ranges);
+            Target::template scan<Scan>(ix, t, q, ranges.data(), ranges.size(), r,
+                                        [&](uint32_t p, uint32_t d, const uint64_t* x) BRCD_LAMBDA_INLINE {
+                                            if (m > 1 && !reported_by(ix, x, j, static_cast<uint32_t>(s))) return;
+                                            out.push_back((static_cast<uint64_t>(d) << 32) | t.ids[p]);
+                                        });
         }
     }
     std::sort(out.begin(), out.end());
 }
 
-// One query's k-NN by growing the radius: the min(k, n) nearest as (distance << 32 | id), sorted.
-template <class Scan>
-BRCD_INLINE void knn_one(const IndexView& ix, const uint64_t* q, size_t k, std::vector<uint64_t>& out,
-                         std::vector<uint32_t>& hist) {
+// k-NN by growing the radius: the min(k, n) nearest as (distance << 32 | id), sorted.
+template <class Scan, class Target>
+void knn_one(const IndexView& ix, const uint64_t* q, size_t k, std::vector<uint64_t>& out) {
     out.clear();
     const size_t m = ix.tables.size();
     const size_t n = ix.n;
     const size_t want = std::min(k, n);
     if (want == 0 || m == 0) return;
     const uint32_t L = ix.bits;
+    thread_local std::vector<uint32_t> hist;  // per-thread scratch, reused across queries
+    thread_local std::vector<Range> ranges;
     hist.assign(L + 2, 0);
     uint32_t bound = L;  // no kept candidate is farther; all found codes within it are kept
     size_t kept_within_bound = 0;
@@ -424,14 +460,14 @@ BRCD_INLINE void knn_one(const IndexView& ix, const uint64_t* q, size_t k, std::
         for (size_t j = 0; j < m; ++j) {
             const Table& t = ix.tables[j];
             if (s <= t.sub.width) {
-                for_each_bucket(ix, t, qkeys[j], s, [&](uint32_t b, uint32_t e) BRCD_LAMBDA_INLINE {
-                    Scan::scan(ix, t, q, b, e, bound, [&](uint32_t p, uint32_t d, const uint64_t* x) BRCD_LAMBDA_INLINE {
-                        if (m > 1 && !reported_by(ix, x, j, s)) return;
-                        out.push_back((static_cast<uint64_t>(d) << 32) | t.ids[p]);
-                        hist[d] += 1;
-                        kept_within_bound += 1;
-                    });
-                });
+                collect_ranges(t, qkeys[j], s, ranges);
+                Target::template scan<Scan>(ix, t, q, ranges.data(), ranges.size(), bound,
+                                            [&](uint32_t p, uint32_t d, const uint64_t* x) BRCD_LAMBDA_INLINE {
+                                                if (m > 1 && !reported_by(ix, x, j, s)) return;
+                                                out.push_back((static_cast<uint64_t>(d) << 32) | t.ids[p]);
+                                                hist[d] += 1;
+                                                kept_within_bound += 1;
+                                            });
             }
             // Tighten the bound: the smallest D with at least `want` kept codes at distance <= D.
             if (kept_within_bound >= want) {
@@ -467,7 +503,7 @@ BRCD_INLINE void knn_one(const IndexView& ix, const uint64_t* q, size_t k, std::
 }
 
 // ---------------------------------------------------------------------------
-// Batch drivers: queries split over threads; the two builds of the hot loop.
+// Batch drivers: queries split over threads.
 
 struct Query {
     const uint8_t* data;
@@ -508,69 +544,47 @@ void parallel_queries(size_t nq, int threads, F&& work) {
 
 using Results = std::vector<std::vector<uint64_t>>;
 
-template <class Scan>
-BRCD_INLINE void radius_range_body(const IndexView& ix, const Query& qs, size_t lo, size_t hi, uint32_t r, Results& res) {
-    uint64_t q[kMaxWords];
-    for (size_t i = lo; i < hi; ++i) {
-        qs.load(i, q);
-        radius_one<Scan>(ix, q, r, res[i]);
-    }
-}
-
-template <class Scan>
-BRCD_INLINE void knn_range_body(const IndexView& ix, const Query& qs, size_t lo, size_t hi, size_t k, Results& res) {
-    uint64_t q[kMaxWords];
-    std::vector<uint32_t> hist;
-    for (size_t i = lo; i < hi; ++i) {
-        qs.load(i, q);
-        knn_one<Scan>(ix, q, k, res[i], hist);
-    }
-}
-
-// The entry points that carry the target attribute: everything they call is
-// inlined into them, so the whole search of a query range is built per target.
-#define BRCD_DEFINE_VARIANT(NAME, ATTR)                                                                         \
-    template <class Scan>                                                                                       \
-    ATTR void radius_range_##NAME(const IndexView& ix, const Query& qs, size_t lo, size_t hi, uint32_t r,      \
-                                  Results& res) {                                                               \
-        radius_range_body<Scan>(ix, qs, lo, hi, r, res);                                                        \
-    }                                                                                                           \
-    template <class Scan>                                                                                       \
-    ATTR void knn_range_##NAME(const IndexView& ix, const Query& qs, size_t lo, size_t hi, size_t k,           \
-                               Results& res) {                                                                  \
-        knn_range_body<Scan>(ix, qs, lo, hi, k, res);                                                           \
-    }
-
-BRCD_DEFINE_VARIANT(popcnt, BRCD_TARGET_POPCNT)
-BRCD_DEFINE_VARIANT(scalar, )
-#if BRCD_MIH_X86
-BRCD_DEFINE_VARIANT(avx512, BRCD_TARGET_AVX512)
-#endif
-
 // Which build of the candidate check runs (see use_path()).
 enum class Path { scalar, popcnt, avx512 };
+
+// Call body(Scan{}, Target{}) with the build that `path` and the code width select.
+template <class Load, class Body>
+void with_build(const IndexView& ix, Path path, Body&& body) {
+#if BRCD_MIH_X86
+    if (path == Path::avx512 && ix.nb == 8) return body(Scan64Avx512{}, TargetAvx512{});
+#endif
+    if (path != Path::scalar && ix.nb == 8) return body(Scan64{}, TargetPopcnt{});
+    if (path != Path::scalar) return body(ScalarScan<Load>{}, TargetPopcnt{});
+    body(ScalarScan<Load>{}, TargetScalar{});
+}
 
 template <class Load>
 void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Path path) {
     parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
-#if BRCD_MIH_X86
-        if (path == Path::avx512 && ix.nb == 8) return radius_range_avx512<Scan64Avx512>(ix, qs, lo, hi, r, res);
-#endif
-        if (path != Path::scalar && ix.nb == 8) return radius_range_popcnt<Scan64>(ix, qs, lo, hi, r, res);
-        if (path != Path::scalar) return radius_range_popcnt<ScalarScan<Load>>(ix, qs, lo, hi, r, res);
-        radius_range_scalar<ScalarScan<Load>>(ix, qs, lo, hi, r, res);
+        with_build<Load>(ix, path, [&](auto scan, auto target) {
+            using Scan = decltype(scan);
+            using Target = decltype(target);
+            uint64_t q[kMaxWords];
+            for (size_t i = lo; i < hi; ++i) {
+                qs.load(i, q);
+                radius_one<Scan, Target>(ix, q, r, res[i]);
+            }
+        });
     });
 }
 
 template <class Load>
 void knn_batch(const IndexView& ix, const Query& qs, size_t nq, size_t k, int threads, Results& res, Path path) {
     parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
-#if BRCD_MIH_X86
-        if (path == Path::avx512 && ix.nb == 8) return knn_range_avx512<Scan64Avx512>(ix, qs, lo, hi, k, res);
-#endif
-        if (path != Path::scalar && ix.nb == 8) return knn_range_popcnt<Scan64>(ix, qs, lo, hi, k, res);
-        if (path != Path::scalar) return knn_range_popcnt<ScalarScan<Load>>(ix, qs, lo, hi, k, res);
-        knn_range_scalar<ScalarScan<Load>>(ix, qs, lo, hi, k, res);
+        with_build<Load>(ix, path, [&](auto scan, auto target) {
+            using Scan = decltype(scan);
+            using Target = decltype(target);
+            uint64_t q[kMaxWords];
+            for (size_t i = lo; i < hi; ++i) {
+                qs.load(i, q);
+                knn_one<Scan, Target>(ix, q, k, res[i]);
+            }
+        });
     });
 }
 

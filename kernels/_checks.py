@@ -36,6 +36,8 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
 
 def packed_codes(x: Any, name: str) -> np.ndarray:
     """Return ``x`` as a C-contiguous uint8 (n, n_bytes) array or raise."""
+    if type(x) is np.ndarray and x.dtype == np.uint8 and x.ndim == 2 and x.flags.c_contiguous:
+        return x  # the common case, answered first: a single-query lookup is a few microseconds in all
     a = to_numpy(x, name)
     if a.dtype != np.uint8:
         raise ValueError(
@@ -75,6 +77,8 @@ def check_k(k: Any) -> int:
 
 def check_radius(radius: Any, n_bits: int) -> int:
     """Return the integer radius to use (d <= r for real r is d <= floor(r)), clipped to the code length."""
+    if type(radius) is int and radius >= 0:
+        return min(radius, int(n_bits))
     try:
         r = float(radius)
     except (TypeError, ValueError):

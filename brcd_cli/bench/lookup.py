@@ -54,7 +54,7 @@ class LookupBenchConfig:
     clustered: bool = False
     clusters: int = 1000
     flip: float = 0.05
-    queries: int = 100
+    queries: int = 1000
     repeats: int = 3
     m: Optional[int] = None
     threads: Optional[int] = None
