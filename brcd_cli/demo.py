@@ -7,6 +7,7 @@ ViT-B/16 teacher, EfficientNet-B0 student) remains the CLI default.
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,8 +33,11 @@ TEACHER_CAP_SECONDS, STUDENT_CAP_SECONDS = 260.0, 150.0
 
 
 def images_per_second(model: HashModel, images: torch.Tensor, batch_size: int = 256, repeats: int = 3) -> float:
-    """Encoding throughput of the network alone (decoded images in memory), best of a few runs."""
-    model.eval()
+    """Encoding throughput of the network alone (decoded images in memory), best of a few runs.
+
+    Measured on a copy prepared as ``brcd encode`` loads a model (channels-last inference).
+    """
+    model = copy.deepcopy(model).prepare_for_inference()
     x = images.float().div(255.0)
     best = float("inf")
     with torch.no_grad():

@@ -121,7 +121,7 @@ def load_model(directory: Path, expect_role: str | None = None) -> tuple[HashMod
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         raise ModelError(f"{weights} does not fit {config.arch} with {config.bits} bits: {'; '.join(parts)}")
     model.load_state_dict(state)
-    model.eval()
+    model.prepare_for_inference()
     return model, fingerprint
 
 

@@ -179,8 +179,24 @@ class HashModel(nn.Module):
             feats = self.features(images)
         return self.head(feats)
 
+    def prepare_for_inference(self) -> "HashModel":
+        """Evaluation mode with channels-last weights and inputs, the layout oneDNN's CPU convolutions prefer.
+
+        Depthwise convolutions (MobileNet-like students) run several times
+        faster this way on a CPU (6x for MobileNetV3-Small at 32 px here),
+        while dense ones (ResNet) are unchanged; the logits differ from the
+        default layout only by float rounding (about 1e-6). Every command
+        that loads a model to encode does this, so codes come from one path.
+        """
+        self.eval()
+        self.to(memory_format=torch.channels_last)
+        self.__dict__["_channels_last"] = True
+        return self
+
     @torch.no_grad()
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """Deterministic ±1 codes (sign of the logits, i.e. sigmoid(h) >= 0.5; 0 maps to +1)."""
+        if self.__dict__.get("_channels_last") and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         h = self.forward(images)
         return torch.where(h >= 0, 1.0, -1.0)
