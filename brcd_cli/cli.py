@@ -10,7 +10,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -367,6 +367,11 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against peer libr
 app.add_typer(bench_app, name="bench")
 
 
+def _print_report(report: dict, format_lines: Callable[[dict], list[str]], as_json: bool) -> None:
+    """A benchmark's report: one JSON object with --json, else its human-readable lines."""
+    typer.echo(json.dumps(report) if as_json else "\n".join(format_lines(report)))
+
+
 @bench_app.command("search")
 def bench_search_cmd(
     bits: int = typer.Option(64, "--bits", help="code length in bits (a multiple of 8)"),
@@ -391,18 +396,14 @@ def bench_search_cmd(
 
         gpu_report = run_gpu_search_bench(GpuSearchBenchConfig(bits=bits, n=n, queries=queries, k=k, repeats=repeats,
                                                                seed=seed, check_queries=check_queries))
-        typer.echo(json.dumps(gpu_report) if as_json else "\n".join(format_search_report(gpu_report)))
+        _print_report(gpu_report, format_search_report, as_json)
         return
     from .bench.search import SearchBenchConfig, format_report, run_search_bench
 
     config = SearchBenchConfig(bits=bits, n=n, queries=queries, k=k, threads=threads, repeats=repeats, seed=seed,
                                check_queries=check_queries, use_faiss=use_faiss)
     report = run_search_bench(config)
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    for line in format_report(report):
-        typer.echo(line)
+    _print_report(report, format_report, as_json)
 
 
 @bench_app.command("loss-kernel")
@@ -420,7 +421,7 @@ def bench_loss_kernel_cmd(
     if device != "cuda":
         raise BrcdError(f"--device must be cuda for the loss-kernel benchmark, got {device!r}")
     report = run_loss_bench(LossBenchConfig(rows=rows, bits=bits, repeats=repeats, dtype=dtype))
-    typer.echo(json.dumps(report) if as_json else "\n".join(format_loss_report(report)))
+    _print_report(report, format_loss_report, as_json)
 
 
 @bench_app.command("distill-cache")
@@ -454,11 +455,7 @@ def bench_distill_cache_cmd(
         student=DistillOptions(arch=student_arch, pretrained=pretrained, freeze_backbone=True, hidden=hidden, method=method),
     )
     report = run_cache_bench(open_source(data), config, log=log)
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    for line in format_report(report):
-        typer.echo(line)
+    _print_report(report, format_report, as_json)
 
 
 @bench_app.command("lookup")
@@ -484,11 +481,7 @@ def bench_lookup_cmd(
     config = LookupBenchConfig(bits=bits, n=n, radius=radius, k=k, clustered=clustered, clusters=clusters, flip=flip,
                                queries=queries, repeats=repeats, m=m, threads=threads, seed=seed, use_faiss=use_faiss)
     report = run_lookup_bench(config)
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    for line in format_report(report):
-        typer.echo(line)
+    _print_report(report, format_report, as_json)
 
 
 @app.command("evaluate")

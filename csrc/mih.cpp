@@ -558,33 +558,32 @@ void with_build(const IndexView& ix, Path path, Body&& body) {
     body(ScalarScan<Load>{}, TargetScalar{});
 }
 
-template <class Load>
-void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Path path) {
+// Every query through `search(scan, target, q, out)`, with the build that
+// `path` selects, the queries split over threads.
+template <class Load, class Search>
+void batch(const IndexView& ix, const Query& qs, size_t nq, int threads, Results& res, Path path, Search&& search) {
     parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
         with_build<Load>(ix, path, [&](auto scan, auto target) {
-            using Scan = decltype(scan);
-            using Target = decltype(target);
             uint64_t q[kMaxWords];
             for (size_t i = lo; i < hi; ++i) {
                 qs.load(i, q);
-                radius_one<Scan, Target>(ix, q, r, res[i]);
+                search(scan, target, q, res[i]);
             }
         });
     });
 }
 
 template <class Load>
+void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Path path) {
+    batch<Load>(ix, qs, nq, threads, res, path, [&](auto scan, auto target, const uint64_t* q, std::vector<uint64_t>& out) {
+        radius_one<decltype(scan), decltype(target)>(ix, q, r, out);
+    });
+}
+
+template <class Load>
 void knn_batch(const IndexView& ix, const Query& qs, size_t nq, size_t k, int threads, Results& res, Path path) {
-    parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
-        with_build<Load>(ix, path, [&](auto scan, auto target) {
-            using Scan = decltype(scan);
-            using Target = decltype(target);
-            uint64_t q[kMaxWords];
-            for (size_t i = lo; i < hi; ++i) {
-                qs.load(i, q);
-                knn_one<Scan, Target>(ix, q, k, res[i]);
-            }
-        });
+    batch<Load>(ix, qs, nq, threads, res, path, [&](auto scan, auto target, const uint64_t* q, std::vector<uint64_t>& out) {
+        knn_one<decltype(scan), decltype(target)>(ix, q, k, out);
     });
 }
 

@@ -39,15 +39,20 @@ def packed_codes(x: Any, name: str) -> np.ndarray:
     if type(x) is np.ndarray and x.dtype == np.uint8 and x.ndim == 2 and x.flags.c_contiguous:
         return x  # the common case, answered first: a single-query lookup is a few microseconds in all
     a = to_numpy(x, name)
-    if a.dtype != np.uint8:
+    check_packed_layout(name, a.dtype == np.uint8, a.dtype, tuple(a.shape))
+    return np.ascontiguousarray(a)
+
+
+def check_packed_layout(name: str, is_uint8: bool, dtype: Any, shape: tuple[int, ...]) -> None:
+    """Packed codes are uint8 and 2-D; one wording for numpy arrays and torch tensors alike."""
+    if not is_uint8:
         raise ValueError(
-            f"{name} must hold packed codes of dtype uint8 (n_codes, L/8), got dtype {a.dtype}; "
+            f"{name} must hold packed codes of dtype uint8 (n_codes, L/8), got dtype {dtype}; "
             "turn +-1 codes into packed ones with pack_codes()"
         )
-    if a.ndim != 2:
-        hint = f" (for a single code use {name}[None, :])" if a.ndim == 1 else ""
-        raise ValueError(f"{name} must be 2-D (n_codes, n_bytes), got shape {tuple(a.shape)}{hint}")
-    return np.ascontiguousarray(a)
+    if len(shape) != 2:
+        hint = f" (for a single code use {name}[None, :])" if len(shape) == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_codes, n_bytes), got shape {shape}{hint}")
 
 
 def packed_pair(queries: Any, database: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from . import _checks, gpu_inputs
 from . import torch_reference_gpu as torch_ref
+from ._loading import load_once
 
 if TYPE_CHECKING:
     import torch
@@ -79,27 +80,18 @@ def _load_cupy() -> Any:
     return launcher
 
 
+def _load_torch() -> Any:
+    import torch  # noqa: F401 - the torch backend needs nothing else
+
+    return torch_ref
+
+
+_LOADERS = {"cuda": _load_extension, "cupy": _load_cupy, "torch": _load_torch}
+
+
 def _load(name: str) -> None:
     """Load one backend's launcher once, recording it or a one-line reason."""
-    if name in _status:
-        return
-    with _lock:
-        if name in _status:
-            return
-        try:
-            if name == "cuda":
-                launcher = _load_extension()
-            elif name == "cupy":
-                launcher = _load_cupy()
-            else:
-                import torch  # noqa: F401 - the torch backend needs nothing else
-
-                launcher = torch_ref
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available", with the reason
-            _status[name] = " ".join(f"{type(exc).__name__}: {exc}".split())
-        else:
-            _launchers[name] = launcher
-            _status[name] = "available"
+    load_once(name, _LOADERS[name], _launchers, _status, _lock)
 
 
 def available_gpu_backends() -> dict[str, str]:

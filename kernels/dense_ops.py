@@ -25,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import reference
+from ._loading import one_line_reason
 from .dispatch import ENV_VAR
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def registered_op() -> Optional[Callable[..., Any]]:
                 _op = _register()
                 _op_status = "available"
             except Exception as exc:  # noqa: BLE001 - any failure means "use the reference"
-                _op_status = " ".join(f"{type(exc).__name__}: {exc}".split())
+                _op_status = one_line_reason(exc)
     return _op
 
 

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _checks
+from ._loading import load_once
 
 ENV_VAR = "BRCD_KERNEL_BACKEND"
 BACKENDS: tuple[str, ...] = ("native", "numba", "reference")  # order of preference
@@ -60,24 +61,18 @@ def _load_reference() -> ModuleType:
 _LOADERS = {"native": _load_native, "numba": _load_numba, "reference": _load_reference}
 
 
+def _load_checked(name: str) -> ModuleType:
+    """One backend's module, refused when it lacks an operation (a stale or partial build)."""
+    mod = _LOADERS[name]()
+    missing = [op for op in _OPS if not hasattr(mod, op)]
+    if missing:
+        raise ImportError(f"module lacks {', '.join(missing)}")
+    return mod
+
+
 def _probe(name: str) -> None:
     """Try to load one backend, recording the module or a one-line reason."""
-    if name in _status:
-        return
-    with _lock:
-        if name in _status:
-            return
-        try:
-            mod = _LOADERS[name]()
-            missing = [op for op in _OPS if not hasattr(mod, op)]
-            if missing:
-                raise ImportError(f"module lacks {', '.join(missing)}")
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available", with the reason
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-            _status[name] = reason
-        else:
-            _modules[name] = mod
-            _status[name] = "available"
+    load_once(name, lambda: _load_checked(name), _modules, _status, _lock)
 
 
 def available_backends() -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._checks import mask_layout
+from ._checks import check_packed_layout, mask_layout
 
 if TYPE_CHECKING:
     import torch
@@ -33,14 +33,7 @@ def packed_codes(x: Any, name: str) -> "torch.Tensor":
     if not isinstance(x, torch.Tensor) or x.device.type != "cuda":
         where = f"a tensor on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a torch tensor on a CUDA device for the GPU kernels, got {where}")
-    if x.dtype != torch.uint8:
-        raise ValueError(
-            f"{name} must hold packed codes of dtype uint8 (n_codes, L/8), got dtype {x.dtype}; "
-            "turn +-1 codes into packed ones with pack_codes()"
-        )
-    if x.ndim != 2:
-        hint = f" (for a single code use {name}[None, :])" if x.ndim == 1 else ""
-        raise ValueError(f"{name} must be 2-D (n_codes, n_bytes), got shape {tuple(x.shape)}{hint}")
+    check_packed_layout(name, x.dtype == torch.uint8, x.dtype, tuple(x.shape))
     return x.contiguous()
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _checks
 from . import reference as _ref
+from ._loading import one_line_reason
 
 ENV_VAR = "BRCD_MIH_BACKEND"
 BACKENDS: tuple[str, ...] = ("native", "reference")
@@ -58,7 +59,7 @@ def _load_native() -> Optional[ModuleType]:
                 raise ImportError(f"stale build (API {getattr(mod, 'API_VERSION', None)}, need {NATIVE_API_VERSION})")
             _native = mod
         except Exception as exc:  # noqa: BLE001 - any failure means "not available", with the reason
-            _native_error = " ".join(f"{type(exc).__name__}: {exc}".split())
+            _native_error = one_line_reason(exc)
     return _native
 
 
