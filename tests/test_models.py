@@ -42,9 +42,30 @@ def test_checkpoint_round_trip(tmp_path: Path):
     fp = save_model(m, tmp_path / "model")
     loaded, fp2 = load_model(tmp_path / "model")
     assert fp == fp2 and len(fp) == 64
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), loaded.state_dict().values()))
     x = torch.rand(3, 3, 32, 32)
-    assert torch.equal(m(x), loaded(x))
+    # The loaded model runs channels-last (see prepare_for_inference): the same values up to float rounding.
+    assert torch.allclose(m(x), loaded(x), atol=1e-5)
     assert not any(p.suffix == ".tmp" for p in (tmp_path / "model").iterdir())
+
+
+@pytest.mark.parametrize("arch", [TINY_ARCH, "mobilenetv3_small_050"])
+def test_channels_last_inference_gives_the_same_codes(arch: str):
+    """Loaded models encode channels-last (fast depthwise convolutions on CPU); codes must not change."""
+    torch.manual_seed(0)
+    m = HashModel(ModelConfig(arch=arch, bits=64, image_size=32, head="mlp", hidden=64)).eval()
+    x = torch.rand(64, 3, 32, 32)
+    with torch.no_grad():
+        logits = m(x)
+    fast = HashModel(ModelConfig(arch=arch, bits=64, image_size=32, head="mlp", hidden=64))
+    fast.load_state_dict(m.state_dict())
+    fast.prepare_for_inference()
+    assert next(p for p in fast.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast_logits = fast(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(logits, fast_logits, atol=1e-4)
+    settled = logits.abs() > 1e-3  # a sign within float rounding of zero may go either way
+    assert torch.equal(fast.codes(x)[settled], m.codes(x)[settled])
 
 
 def test_tampered_weights_are_refused(tmp_path: Path):
