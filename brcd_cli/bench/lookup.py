@@ -114,13 +114,24 @@ def near_duplicates(db: np.ndarray, count: int, max_flips: int, rng: np.random.G
     return np.packbits(signs, axis=1, bitorder="little")
 
 
-def _per_query_seconds(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
-    """Mean wall time of one single-query call, over every query (after one warm-up call)."""
+# A timed round lasts at least this long: a pass over the queries through the index can take a few
+# milliseconds, too short for a steady clock (frequency ramps, a stray interrupt), so it is repeated.
+MIN_ROUND_SECONDS = 0.25
+
+
+def _per_query_seconds(search: Callable[[np.ndarray], Any], queries: np.ndarray,
+                       min_seconds: float = MIN_ROUND_SECONDS) -> float:
+    """Mean wall time of one single-query call: passes over every query until min_seconds have passed."""
     search(queries[:1])
+    calls = 0
     t0 = time.perf_counter()
-    for i in range(len(queries)):
-        search(queries[i : i + 1])
-    return (time.perf_counter() - t0) / len(queries)
+    while True:
+        for i in range(len(queries)):
+            search(queries[i : i + 1])
+        calls += len(queries)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return elapsed / calls
 
 
 def _index_bytes(tables: list[mih.Table]) -> int:
