@@ -24,7 +24,21 @@ def collect_info() -> dict[str, Any]:
         "cuda_available": bool(torch.cuda.is_available()),
         "kernel_backends": kernels.available_backends(),
         "kernel_backend_in_use": kernels.active_backend(),
+        **_simd_info(),
         **_gpu_info(),
+    }
+
+
+def _simd_info() -> dict[str, Any]:
+    """The instruction set the native scan and the hash-table lookup run with (BRCD_SIMD caps it)."""
+    from . import kernels
+    from .kernels import mih
+
+    scan = kernels.native_features() or {}
+    lookup = mih.native_features() or {}
+    return {
+        "cpu_simd_scan": scan.get("simd_path", "none (native kernels not built)"),
+        "cpu_simd_lookup": lookup.get("path", "none (native lookup not built)"),
     }
 
 

@@ -126,3 +126,14 @@ def test_info_lists_backends(capsys):
     info = json.loads(out)
     assert code == 0 and info["kernel_backend_in_use"] in info["kernel_backends"]
     assert info["kernel_backends"]["reference"] == "available"
+
+
+def test_info_names_the_simd_path_and_honours_the_cap(capsys, monkeypatch):
+    from brcd_cli import kernels
+
+    if kernels.native_features() is None:
+        pytest.skip("native kernels not built")
+    monkeypatch.setenv("BRCD_SIMD", "scalar")
+    code, out, _ = run_cli(["info", "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["cpu_simd_scan"] == "scalar" and info["cpu_simd_lookup"] == "scalar"
