@@ -5,8 +5,9 @@ widths, k > 0, radius >= 0), so the backends can assume clean arrays and every
 backend reports a user mistake in the same words.
 
 ``threads`` (default: one per CPU core available to this process) sets how
-many std::threads the native backend runs; the numba backend uses numba's own
-thread pool and the reference is single-threaded, so they ignore it. The native
+many std::threads the native backend runs and how many of numba's pool the
+numba backend uses (at most NUMBA_NUM_THREADS); the reference is
+single-threaded and ignores it. The native
 backend also picks its SIMD path at run time (BRCD_SIMD=avx512|avx2|popcnt|scalar
 overrides it); ``native_features()`` says which one runs.
 
@@ -125,10 +126,10 @@ def _threads(threads: Optional[int]) -> int:
 
 
 def _call(backend: Optional[str], op: str, threads: Optional[int], *args: Any) -> Any:
-    """Run one packed op; only the native backend takes a thread count."""
+    """Run one packed op; the native and numba backends take a thread count, the reference is single-threaded."""
     n_threads = _threads(threads)
     name, mod = _select(backend)
-    if name == "native":
+    if name in ("native", "numba"):
         return getattr(mod, op)(*args, threads=n_threads)
     return getattr(mod, op)(*args)
 

@@ -9,9 +9,13 @@ distances and masked counts are unchanged.
 Everything is compiled on first call (no signatures, ``cache=False``), so
 importing this module costs only the numba import and a read-only install never
 tries to write a cache. numba compiles for the CPU it runs on, so the popcount
-below becomes the POPCNT instruction wherever the CPU has one.
+below becomes the POPCNT instruction wherever the CPU has one. Every operation
+takes ``threads=``, the size of numba's pool for that call.
 """
 from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
 
 import numba
 import numpy as np
@@ -194,6 +198,27 @@ def _n_chunks(n_queries: int, n_db: int) -> int:
     return max(1, min(max_chunks, -(-target // max(1, n_queries))))
 
 
+def _with_threads(op: Callable[..., Any]) -> Callable[..., Any]:
+    """Give an operation a ``threads=`` argument: numba's thread count for this call (capped by its pool size).
+
+    numba's count is per calling thread, so a call elsewhere is not affected; it is restored afterwards.
+    """
+
+    @functools.wraps(op)
+    def run(*args: Any, threads: Optional[int] = None) -> Any:
+        if threads is None:
+            return op(*args)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            return op(*args)
+        finally:
+            numba.set_num_threads(previous)
+
+    return run
+
+
+@_with_threads
 def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     """All-pairs Hamming distances, int32 (q, n)."""
     out = np.empty((queries.shape[0], database.shape[0]), dtype=np.int32)
@@ -202,6 +227,7 @@ def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     return out
 
 
+@_with_threads
 def knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest codes per query by counting selection; k is clipped to the database size."""
     n_q, n = queries.shape[0], database.shape[0]
@@ -214,6 +240,7 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, 
     return out_d, out_i
 
 
+@_with_threads
 def radius_search(queries: np.ndarray, database: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR (lims, distances, indices) of all codes with distance <= radius."""
     n_q = queries.shape[0]
@@ -223,6 +250,7 @@ def radius_search(queries: np.ndarray, database: np.ndarray, radius: int) -> tup
     return _radius_kernel(_words(queries), _words(database), np.int64(r))
 
 
+@_with_threads
 def masked_similarity_packed(queries: np.ndarray, database: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Masked cosine similarity, float32 (q, n); masks are (1, nb) shared or (q, nb)."""
     out = np.empty((queries.shape[0], database.shape[0]), dtype=np.float32)

@@ -494,3 +494,29 @@ def test_brcd_loss_identical_with_op_and_reference(monkeypatch: pytest.MonkeyPat
     loss_ref, grad_ref = run()
     assert torch.equal(loss_op, loss_ref)
     torch.testing.assert_close(grad_op, grad_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_numba_backend_runs_with_the_threads_asked_for(monkeypatch):
+    numba = pytest.importorskip("numba")
+    if K.available_backends()["numba"] != "available":
+        pytest.skip("numba backend not available")
+    from brcd_cli.kernels import numba_backend
+
+    rng = np.random.default_rng(3)
+    db = rng.integers(0, 256, size=(3000, 8), dtype=np.uint8)
+    q = db[:5]
+    seen: list[int] = []
+    kernel = numba_backend._knn_kernel
+
+    def recording(*args):
+        seen.append(numba.get_num_threads())
+        return kernel(*args)
+
+    monkeypatch.setattr(numba_backend, "_knn_kernel", recording)
+    before = numba.get_num_threads()
+    want = K.knn(q, db, 7, backend="reference")
+    for threads in (1, 2):
+        got = K.knn(q, db, 7, backend="numba", threads=threads)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert seen == [1, min(2, numba.config.NUMBA_NUM_THREADS)]
+    assert numba.get_num_threads() == before
