@@ -13,6 +13,7 @@ from .encoding import packed_codes_of_images
 from .errors import BrcdError, DataError
 from .models import code_space_of, load_model
 from .search import Hit, check_compatible, knn, merge_hits, within_radius
+from .search.mih import refresh_index
 
 
 @dataclass
@@ -94,6 +95,7 @@ def encode_collection(
         raise DataError(f"none of the {len(source)} images could be read (first reason: {first}); {out} was not written")
     _guard_write(out, job.finish)
     side = write_skipped(out, skipped)
+    refresh_index(out, log)
     return EncodeResult(out=out, count=job.state.count, skipped=skipped, skipped_file=side, resumed_at=start)
 
 
@@ -163,6 +165,7 @@ def encode_distributed(
             part.unlink(missing_ok=True)
             skipped_path(part).unlink(missing_ok=True)
         log(f"merged {world.size} shards into {out}")
+        refresh_index(out, log)
         return side
 
     side = distributed.agree(world, merge)

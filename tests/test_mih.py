@@ -283,6 +283,30 @@ def test_cli_index_builds_reports_and_refuses(codes_file, tmp_path: Path, capsys
     assert code == 1 and "wider than 32" in err and len(err.strip().splitlines()) == 1
 
 
+def test_encode_keeps_the_index_beside_its_output_current(tmp_path: Path) -> None:
+    """An index beside a codes file is rebuilt when encode rewrites the codes (a grown or another collection)."""
+    from brcd_cli.codes import read_codes
+    from brcd_cli.data import synthetic_source
+    from brcd_cli.pipeline import encode_collection
+    from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
+    from conftest import TINY_ARCH
+
+    teacher = tmp_path / "teacher"
+    train_teacher(synthetic_source(n=48, n_classes=4), teacher,
+                  TeacherOptions(arch=TINY_ARCH, bits=16, image_size=16, pretrained="none",
+                                 fit=FitOptions(epochs=1, batch_size=16)), log=lambda _: None)
+    out = tmp_path / "db.codes"
+    encode_collection(synthetic_source(n=300), teacher, out, log=lambda _: None)
+    assert not mih_file.default_index_path(out).exists()  # no index is made unasked
+    mih_file.build_index(out, m=2)
+    notes: list[str] = []
+    encode_collection(synthetic_source(n=500), teacher, out, overwrite=True, log=notes.append)
+    info = mih_file.read_index_info(mih_file.default_index_path(out))
+    assert info.count == 500 and info.m == 2 and any("rebuilt over 500 codes" in n for n in notes)
+    with read_codes(out) as codes:
+        mih_file.check_matches(info, codes)  # the index is of exactly these codes
+
+
 # -- the benchmark -------------------------------------------------------------------------------------------
 
 

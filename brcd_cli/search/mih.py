@@ -13,7 +13,8 @@ with the same first ``count`` codes and more after them) the index still
 holds for that prefix: a search answers from the index for the prefix and
 scans only the appended tail, exactly; ``brcd index`` rebuilds it to cover
 everything (a rebuild costs about as much as re-reading the codes, which any
-check of the prefix must do anyway).
+check of the prefix must do anyway), and ``brcd encode`` does so by itself
+when it finds an index beside the codes file it writes (:func:`refresh_index`).
 """
 from __future__ import annotations
 
@@ -333,6 +334,33 @@ def build_index(codes_path: Path, out: Optional[Path] = None, m: Optional[int] =
                            bytes.fromhex(codes.code_space))
         seconds = time.perf_counter() - t0
     return BuildReport(out, int(data.shape[0]), len(tables), codes.bits, seconds, size, action)
+
+
+def refresh_index(codes_path: Path, log: Callable[[str], None] = lambda _: None) -> Optional[BuildReport]:
+    """Bring the index beside a codes file up to date after the codes were written; None when there is none.
+
+    ``brcd encode`` calls this once its output is complete: an index left
+    behind its codes would answer only for the old prefix (or, for other
+    codes, not at all), while rebuilding costs a fraction of a second per
+    million codes next to the minutes of encoding. The index keeps its m. A
+    failure to rebuild leaves the old index (written atomically) and is
+    reported as a note: the codes themselves are already safe.
+    """
+    path = default_index_path(codes_path)
+    if not path.exists():
+        return None
+    try:
+        m: Optional[int] = read_index_info(path).m
+    except IndexFileError:
+        m = None
+    try:
+        report = build_index(codes_path, path, m=m, force=True)
+    except (BrcdError, OSError) as exc:
+        log(f"note: could not update the index {path} ({exc}); run brcd index {codes_path} --force")
+        return None
+    if report.action != "up to date":
+        log(f"index {path} {report.action} over {report.count} codes (m={report.m}, {report.seconds:.2f} s)")
+    return report
 
 
 # -- searching ------------------------------------------------------------------------------------------------
