@@ -243,11 +243,12 @@ BRCD_INLINE void collect_ranges(const Table& t, uint32_t qkey, uint32_t s, std::
     }
 }
 
-// Call f(begin, end) for each of n bucket ranges. A bucket is a random place
+// Call f(begin, end) for each of nr bucket ranges. A bucket is a random place
 // in a table of many megabytes, so each would stall on cache misses; instead
-// a prefetch cursor walks the same ranges, cache line by cache line, a fixed
-// number of bytes ahead of the scan: the memory system always has about as
-// many lines in flight as it can take, whatever the bucket sizes.
+// a prefetch cursor runs ahead over the same ranges, issuing every cache line
+// of each upcoming bucket until about kAheadBytes are requested beyond the
+// bucket being scanned: the memory system keeps lines in flight whatever the
+// bucket sizes, and a bucket costs one short prefetch loop, not one per line.
 template <class F>
 BRCD_INLINE void scan_ranges(const IndexView& ix, const Table& t, const Range* ranges, size_t nr, F&& f) {
     constexpr size_t kAheadBytes = 4096;
