@@ -25,7 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import reference
-from ._loading import one_line_reason
+from ._loading import load_once
 from .dispatch import ENV_VAR
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 OP_NAME = "brcd::masked_similarity"
 
 _lock = threading.Lock()
-_op: Optional[Callable[..., Any]] = None
-_op_status = "not loaded"
+_loaded: dict[str, Callable[..., Any]] = {}
+_status: dict[str, str] = {}
 
 
 def _register() -> Callable[..., Any]:
@@ -83,23 +83,14 @@ def _register() -> Callable[..., Any]:
 
 def registered_op() -> Optional[Callable[..., Any]]:
     """The registered op (registering it on first use), or None when this torch cannot have it."""
-    global _op, _op_status
-    if _op is not None or _op_status != "not loaded":
-        return _op
-    with _lock:
-        if _op is None and _op_status == "not loaded":
-            try:
-                _op = _register()
-                _op_status = "available"
-            except Exception as exc:  # noqa: BLE001 - any failure means "use the reference"
-                _op_status = one_line_reason(exc)
-    return _op
+    load_once("op", _register, _loaded, _status, _lock)
+    return _loaded.get("op")
 
 
 def op_status() -> str:
     """"available", or why the op could not be registered (the reference runs instead)."""
     registered_op()
-    return _op_status
+    return _status["op"]
 
 
 def masked_similarity(a: "torch.Tensor", b: "torch.Tensor", mask: "Optional[torch.Tensor]" = None) -> "torch.Tensor":

@@ -26,6 +26,7 @@ import importlib
 import itertools
 import math
 import os
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Optional, Sequence
@@ -34,7 +35,7 @@ import numpy as np
 
 from . import _checks
 from . import reference as _ref
-from ._loading import one_line_reason
+from ._loading import load_once
 
 ENV_VAR = "BRCD_MIH_BACKEND"
 BACKENDS: tuple[str, ...] = ("native", "reference")
@@ -45,28 +46,28 @@ DIRECT_MAX_BUCKETS_PER_CODE = 4  # ... and no more than 4 buckets per indexed co
 MAX_CODES = 2**32 - 1  # ids are uint32
 _MAX_PROBES = 4096  # the reference enumerates at most this many neighbour keys per table
 
-_native: Optional[ModuleType] = None
-_native_error: Optional[str] = None
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType] = {}
+_status: dict[str, str] = {}
+
+
+def _import_native() -> ModuleType:
+    mod = importlib.import_module("brcd_cli._mih_cpu")
+    if getattr(mod, "API_VERSION", None) != NATIVE_API_VERSION:
+        raise ImportError(f"stale build (API {getattr(mod, 'API_VERSION', None)}, need {NATIVE_API_VERSION})")
+    return mod
 
 
 def _load_native() -> Optional[ModuleType]:
     """The C++ module, or None with the reason kept for :func:`available_backends`."""
-    global _native, _native_error
-    if _native is None and _native_error is None:
-        try:
-            mod = importlib.import_module("brcd_cli._mih_cpu")
-            if getattr(mod, "API_VERSION", None) != NATIVE_API_VERSION:
-                raise ImportError(f"stale build (API {getattr(mod, 'API_VERSION', None)}, need {NATIVE_API_VERSION})")
-            _native = mod
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available", with the reason
-            _native_error = one_line_reason(exc)
-    return _native
+    load_once("native", _import_native, _loaded, _status, _lock)
+    return _loaded.get("native")
 
 
 def available_backends() -> dict[str, str]:
     """Backend name -> "available" or why it cannot be used, in order of preference."""
     _load_native()
-    return {"native": "available" if _native is not None else str(_native_error), "reference": "available"}
+    return {"native": _status["native"], "reference": "available"}
 
 
 def select_backend(backend: Optional[str] = None) -> str:
@@ -77,7 +78,7 @@ def select_backend(backend: Optional[str] = None) -> str:
     if requested not in BACKENDS:
         raise ValueError(f"unknown lookup backend {requested!r}; choose one of {', '.join(BACKENDS)} or auto")
     if requested == "native" and _load_native() is None:
-        raise RuntimeError(f"lookup backend 'native' was requested but is not available: {_native_error}")
+        raise RuntimeError(f"lookup backend 'native' was requested but is not available: {_status['native']}")
     return requested
 
 
