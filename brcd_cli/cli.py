@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from .errors import BrcdError
+from .errors import BrcdError, OptionError
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +27,15 @@ app = typer.Typer(
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_CODES_FILE = 5
+
+
+# A library option's field -> the flag that sets it, where that is not --field-name (typer's own naming).
+FLAGS = {"k": "-k"}
+
+
+def flag_of(field: str) -> str:
+    """The flag a user typed for a field that failed its check, so errors speak the command line's words."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def log(message: str) -> None:
@@ -297,24 +306,14 @@ def search_cmd(
 
     A codes file with a valid index beside it (CODES.mih, from brcd index) is searched through the index when the
     request suits it (radius search, small -k); the results are the same as a scan's."""
-    from .pipeline import display_id, encode_query, search_image
+    from .pipeline import display_id, search_image
 
-    if radius is None and k <= 0:
-        raise BrcdError(f"-k must be positive, got {k}")
-    if radius is not None and radius < 0:
-        raise BrcdError(f"--radius must be >= 0, got {radius}")
     if bool(codes) == bool(milvus):
         raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
-    if milvus:
-        from .search.milvus import search_milvus
-
-        if not collection:
-            raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
-        packed, bits, space = encode_query(query, model)
-        hits = search_milvus(milvus, collection, packed, bits, space, k=k, radius=radius)[0]
-    else:
-        hits = search_image(query, codes if len(codes) > 1 else codes[0], model, k=k, radius=radius,
-                            exact_scan=exact_scan, log=log)
+    if milvus and not collection:
+        raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
+    hits = search_image(query, milvus or codes, model, k=k, radius=radius, exact_scan=exact_scan,
+                        collection=collection if milvus else None, log=log)
     if as_json:
         typer.echo(json.dumps({"query": str(query), "radius": radius, "k": None if radius is not None else k, "results": [h.to_dict() for h in hits]}))
         return
@@ -498,7 +497,8 @@ def evaluate_cmd(
     from .data import open_source
     from .evaluation.protocol import evaluate_models
     from .models import load_model
-    from .training.common import default_top_k, set_threads
+    from .training.common import set_threads
+    from .training.common import default_top_k
 
     set_threads(threads)
     if top_k is not None and top_k < 1:
@@ -589,6 +589,9 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except OptionError as exc:
+        typer.echo(f"error: {flag_of(exc.field)} {exc.problem}", err=True)
         sys.exit(exc.exit_code)
     except BrcdError as exc:
         typer.echo(f"error: {exc}", err=True)

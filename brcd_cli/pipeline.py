@@ -12,7 +12,8 @@ from .data import ImageSource, load_batch_tolerant, read_image_file, to_tensor
 from .encoding import packed_codes_of_images
 from .errors import BrcdError, DataError
 from .models import code_space_of, load_model
-from .search import Hit, check_compatible, knn, merge_hits, within_radius
+from . import search
+from .search import Hit, check_compatible, open_collection
 from .search.mih import refresh_index
 
 
@@ -200,28 +201,6 @@ def read_query_image(path: Path, size: int):
     return to_tensor(image, size).unsqueeze(0)
 
 
-def search_codes_file(packed: np.ndarray, codes_path: Path, model_bits: int, model_space: str, k: int = 10,
-                      radius: Optional[int] = None, exact_scan: bool = False,
-                      log: Callable[[str], None] = lambda _: None) -> list[Hit]:
-    """Rank one codes file against one packed query (shape (1, bits/8)); refuses another code space.
-
-    A valid index beside the codes (``<codes>.mih``, from ``brcd index``) answers
-    the request when it suits it (radius search with few probes, small k);
-    ``exact_scan`` forces the linear scan. Both give the same hits.
-    """
-    from .codes import read_codes
-    from .search.mih import index_suits, open_for_search, search_indexed
-
-    with read_codes(codes_path) as codes:
-        check_compatible(codes.bits, codes.code_space, model_bits, model_space, str(codes_path))
-        index = None if exact_scan else open_for_search(codes, log)
-        if index is not None and index_suits(codes.count, codes.bits, index.info.m, k=k, radius=radius):
-            return search_indexed(packed, codes, index, k=k, radius=radius)[0]
-        if radius is not None:
-            return within_radius(packed, np.asarray(codes.codes), codes.ids, radius)[0]
-        return knn(packed, np.asarray(codes.codes), codes.ids, k)[0]
-
-
 def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
     """The packed code of a query image, with the model's bit length and code space."""
     model, fingerprint = load_model(model_dir)
@@ -229,19 +208,18 @@ def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
     return packed, model.config.bits, code_space_of(model.config, fingerprint)
 
 
-def search_image(query: Path, codes_path: Union[Path, Sequence[Path]], model_dir: Path, k: int = 10,
-                 radius: Optional[int] = None, exact_scan: bool = False,
+def search_image(query: Path, source: Union[Path, str, Sequence[Path]], model_dir: Path, k: int = 10,
+                 radius: Optional[int] = None, exact_scan: bool = False, collection: Optional[str] = None,
                  log: Callable[[str], None] = lambda _: None) -> list[Hit]:
-    """Encode ``query`` with the model and rank one codes file, or several as if they were one (shards).
+    """Encode ``query`` with the model, open the collection, search it: the hits, nearest first.
 
-    Each codes file is searched through its index when it has a valid one that
-    suits the request, else scanned; ``exact_scan`` forces the scan.
+    ``source`` is what :func:`brcd_cli.search.open_collection` opens: a codes
+    file (through its index when one suits the request; ``exact_scan`` scans
+    regardless, with the same hits), several codes files searched as one, or a
+    Milvus URI with ``collection``. Codes of another code space are refused.
     """
-    paths = [Path(codes_path)] if isinstance(codes_path, (str, os.PathLike)) else [Path(p) for p in codes_path]
-    if not paths:
-        raise BrcdError("give at least one codes file")
+    search.check_request(k, radius)
     packed, bits, space = encode_query(query, model_dir)
-    if len(paths) == 1:
-        return search_codes_file(packed, paths[0], bits, space, k, radius, exact_scan, log)
-    per_file = [(str(p), search_codes_file(packed, p, bits, space, k, radius, exact_scan, log)) for p in paths]
-    return merge_hits(per_file, None if radius is not None else k)
+    with open_collection(source, collection=collection, use_index=not exact_scan, log=log) as codes:
+        check_compatible(codes, bits, space)
+        return search.query(codes, packed, k=k, radius=radius).hits(0)

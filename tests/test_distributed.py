@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from brcd_cli.codes import CodesFileError, concatenate_codes, read_codes, write_codes
 from brcd_cli.distributed import World
-from brcd_cli.search import knn, merge_hits, within_radius
+from brcd_cli.search import FlatCodes, ShardedCollection
+from brcd_cli.search import query as query_collection
 from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
 from brcd_cli.data import synthetic_source
 from conftest import TINY_ARCH, run_cli
@@ -72,10 +73,11 @@ def test_merged_shard_results_equal_a_search_of_the_whole(k, radius, tmp_path: P
     everything = np.concatenate([c for c, _ in shards])
     all_ids = [i for _, ids in shards for i in ids]
     query = np.random.default_rng(9).integers(0, 4, size=(1, 4), dtype=np.uint8)
-    search = (lambda c, ids: within_radius(query, c, ids, radius)[0]) if radius is not None else (lambda c, ids: knn(query, c, ids, k)[0])
-    merged = merge_hits([(f"s{i}", search(c, ids)) for i, (c, ids) in enumerate(shards)], k)
-    whole = search(everything, all_ids)
+    sharded = ShardedCollection([FlatCodes(c, ids, bits=32, name=f"s{i}") for i, (c, ids) in enumerate(shards)])
+    merged = query_collection(sharded, query, k=k, radius=radius).hits(0)
+    whole = query_collection(FlatCodes(everything, all_ids, bits=32), query, k=k, radius=radius).hits(0)
     assert [(h.rank, h.distance, h.id) for h in merged] == [(h.rank, h.distance, h.id) for h in whole]
+    assert all(shards[int(h.file[1:])][1][h.index] == h.id for h in merged)
 
 
 def _env() -> dict[str, str]:

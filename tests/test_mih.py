@@ -13,6 +13,7 @@ from brcd_cli.codes import write_codes
 from brcd_cli.errors import BrcdError
 from brcd_cli.kernels import mih, reference
 from brcd_cli.search import mih as mih_file
+from brcd_cli.search.indexed import IndexedCodes, open_indexed
 from conftest import run_cli
 
 PRODUCER = "ab" * 32
@@ -197,13 +198,14 @@ def test_index_file_round_trip_is_exact(codes_file) -> None:
     q = queries_for(db, seed=21)
     with read_codes(path) as codes:
         mih_file.check_matches(opened.info, codes)
+        indexed = IndexedCodes(codes, opened)
         for r in (0, 2, 4):
-            hits = mih_file.search_indexed(q, codes, opened, radius=r)
+            hits = list(indexed.range_search_index(q, r))
             lims, d, i = reference.radius_search(q, db, r)
             for row, got in enumerate(hits):
                 assert [(h.distance, h.index) for h in got] == list(zip(d[lims[row]:lims[row + 1]].tolist(), i[lims[row]:lims[row + 1]].tolist()))
                 assert all(h.id == f"item-{h.index}" for h in got)
-        hits = mih_file.search_indexed(q, codes, opened, k=10)
+        hits = list(indexed.search_index(q, 10))
         d, i = reference.knn(q, db, 10)
         assert [[(h.distance, h.index) for h in row] for row in hits] == [list(zip(a, b)) for a, b in zip(d.tolist(), i.tolist())]
     assert mih_file.build_index(path).action == "up to date"
@@ -244,29 +246,31 @@ def test_appended_codes_are_searched_exactly_then_rebuilt(codes_file) -> None:
     q = queries_for(grown, seed=4)
     notes: list[str] = []
     with read_codes(path) as codes:
-        opened = mih_file.open_for_search(codes, notes.append)
-        assert opened is not None and opened.count == 5000
+        opened = open_indexed(codes, notes.append)
+        assert opened is not None and opened.index.count == 5000 and opened.count == len(grown)
         assert any("covers the first 5000" in note for note in notes)
         for r in (1, 3):
-            hits = mih_file.search_indexed(q, codes, opened, radius=r)
+            hits = list(opened.range_search_index(q, r))
             lims, d, i = reference.radius_search(q, grown, r)
             assert [[h.index for h in row] for row in hits] == [i[lims[j]:lims[j + 1]].tolist() for j in range(len(q))]
-        hits = mih_file.search_indexed(q, codes, opened, k=20)
+        hits = list(opened.search_index(q, 20))
         assert [[h.index for h in row] for row in hits] == reference.knn(q, grown, 20)[1].tolist()
     report = mih_file.build_index(path)
     assert report.action == "rebuilt" and report.count == len(grown)
 
 
-def test_pipeline_uses_the_index_and_matches_the_scan(codes_file) -> None:
-    from brcd_cli.pipeline import search_codes_file
+def test_open_collection_uses_the_index_and_matches_the_scan(codes_file) -> None:
+    from brcd_cli.search import open_collection, query
 
     path, db = codes_file
     mih_file.build_index(path)
     q = queries_for(db, seed=8)[:1]
-    for kwargs in ({"radius": 3}, {"k": 10}):
-        via_index = search_codes_file(q, path, 64, CODE_SPACE, **kwargs)
-        via_scan = search_codes_file(q, path, 64, CODE_SPACE, exact_scan=True, **kwargs)
-        assert via_index == via_scan and via_index
+    with open_collection(path) as via_index, open_collection(path, use_index=False) as via_scan:
+        assert isinstance(via_index, IndexedCodes) and not isinstance(via_scan, IndexedCodes)
+        for kwargs in ({"radius": 3}, {"k": 10}):
+            assert via_index._suits(**kwargs)  # the index answers, not the scan behind it
+            hits = query(via_index, q, **kwargs).hits(0)
+            assert hits == query(via_scan, q, **kwargs).hits(0) and hits
 
 
 def test_cli_index_builds_reports_and_refuses(codes_file, tmp_path: Path, capsys) -> None:

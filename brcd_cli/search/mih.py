@@ -11,7 +11,7 @@ An index belongs to exactly one codes file: opening it against other codes is
 refused with the reason. When codes were appended (a codes file rewritten
 with the same first ``count`` codes and more after them) the index still
 holds for that prefix: a search answers from the index for the prefix and
-scans only the appended tail, exactly; ``brcd index`` rebuilds it to cover
+scans only the appended tail, exactly (:mod:`brcd_cli.search.indexed`); ``brcd index`` rebuilds it to cover
 everything (a rebuild costs about as much as re-reading the codes, which any
 check of the prefix must do anyway), and ``brcd encode`` does so by itself
 when it finds an index beside the codes file it writes (:func:`refresh_index`).
@@ -25,16 +25,13 @@ import tempfile
 import time
 import zlib
 from dataclasses import dataclass
-from math import comb
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from .. import kernels
 from ..errors import BrcdError
 from ..kernels import mih
-from .flat import Hit
 
 MAGIC = b"BRCDMIDX"
 VERSION = 1
@@ -46,12 +43,6 @@ HEADER_SIZE = _HEADER.size  # 136
 # start, width, direct, reserved, n_buckets, keys_offset, offsets_offset, ids_offset, codes_offset
 _TABLE = struct.Struct("<4I5Q")
 _CRC_BLOCK = 1 << 24
-
-# k-NN goes through the index up to this k; beyond it the growing radius probes
-# so many buckets that a linear scan is as fast (measured with brcd bench lookup).
-INDEX_MAX_K = 32
-# Below this many codes a scan takes microseconds and an index cannot pay for itself.
-INDEX_MIN_CODES = 4096
 
 
 class IndexFileError(BrcdError):
@@ -361,78 +352,3 @@ def refresh_index(codes_path: Path, log: Callable[[str], None] = lambda _: None)
     if report.action != "up to date":
         log(f"index {path} {report.action} over {report.count} codes (m={report.m}, {report.seconds:.2f} s)")
     return report
-
-
-# -- searching ------------------------------------------------------------------------------------------------
-
-
-def index_suits(count: int, bits: int, m: int, k: Optional[int] = None, radius: Optional[int] = None) -> bool:
-    """Whether the index should beat a scan for this request.
-
-    Radius search: when the buckets it probes are few next to the codes a scan
-    reads (each probe is a random access, a scanned code a few bytes in a
-    stream). k-NN: for small k only; its radius grows until k codes are found.
-    """
-    if count < INDEX_MIN_CODES:
-        return False
-    if radius is not None:
-        layout = mih.substring_layout(bits, m)
-        probes = sum(comb(w, s) for (_, w), top in zip(layout, mih.probe_radii(min(radius, bits), m))
-                     for s in range(0, min(top, w) + 1))
-        return probes * 16 <= count
-    return k is not None and k <= INDEX_MAX_K
-
-
-def search_indexed(packed: np.ndarray, codes, index: IndexFile, k: int = 10, radius: Optional[int] = None,
-                   threads: int = 1) -> list[list[Hit]]:
-    """Exact search of an open codes file through its index (the index may cover only a prefix).
-
-    Codes appended after the indexed prefix are scanned and merged in, so the
-    result always equals a linear scan of the whole file, ties by index.
-    """
-    n_indexed = index.count
-    tail = np.asarray(codes.codes[n_indexed:])
-    out: list[list[Hit]] = []
-    if radius is not None:
-        lims, dist, idx = index.index.radius_search(packed, radius, threads=threads)
-        if len(tail):
-            tl, td, ti = kernels.radius_search(packed, tail, radius)
-        for q in range(len(packed)):
-            d, i = dist[lims[q] : lims[q + 1]], idx[lims[q] : lims[q + 1]]
-            if len(tail):
-                d = np.concatenate([d, td[tl[q] : tl[q + 1]]])
-                i = np.concatenate([i, ti[tl[q] : tl[q + 1]] + n_indexed])
-            out.append(_hits(d, i, codes.ids))
-        return out
-    dist, idx = index.index.knn(packed, k, threads=threads)
-    if len(tail):
-        td, ti = kernels.knn(packed, tail, k)
-        dist = np.concatenate([dist, td], axis=1)
-        idx = np.concatenate([idx, ti + n_indexed], axis=1)
-    for q in range(len(packed)):
-        out.append(_hits(dist[q], idx[q], codes.ids, k))
-    return out
-
-
-def _hits(d: np.ndarray, i: np.ndarray, ids, k: Optional[int] = None) -> list[Hit]:
-    order = np.lexsort((i, d))
-    if k is not None:
-        order = order[:k]
-    return [Hit(rank=r + 1, index=int(i[j]), distance=int(d[j]), id=ids[int(i[j])]) for r, j in enumerate(order)]
-
-
-def open_for_search(codes, log: Callable[[str], None] = lambda _: None) -> Optional[IndexFile]:
-    """The valid index beside an open codes file, or None (with a note why when one exists but cannot be used)."""
-    path = default_index_path(codes.path)
-    if not path.exists():
-        return None
-    try:
-        info = read_index_info(path)
-        try:
-            check_matches(info, codes)
-        except IndexStale as exc:
-            log(f"note: {exc}; searching the appended codes by scan")
-        return open_index(path)
-    except IndexFileError as exc:
-        log(f"note: not using the index: {exc}")
-        return None

@@ -25,8 +25,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import BrcdError
-from .flat import Hit, check_compatible
+from ..errors import BrcdError, OptionError
+from .base import CollectionBase, Item, SearchResult, ranked
 
 DESCRIPTION_TAG = "brcd-codes/1"
 MAX_LIMIT = 16384  # Milvus caps topk and range-search results at this many per query
@@ -120,33 +120,51 @@ def collection_info(client: Any, uri: str, collection: str) -> dict[str, Any]:
     return info
 
 
-def search_milvus(uri: str, collection: str, packed: np.ndarray, model_bits: int, model_space: str,
-                  k: int = 10, radius: Optional[int] = None) -> list[list[Hit]]:
-    """Nearest codes per packed query from a Milvus collection, sorted by (distance, index).
+class MilvusCollection(CollectionBase):
+    """A collection written by :func:`export_codes`, searched by the Milvus server (or Milvus Lite file) at ``uri``.
 
-    With ``radius`` every code within that Hamming distance (inclusive) is
-    returned, up to Milvus's cap of 16,384 per query (an error says so if the
-    cap is reached, rather than silently truncating).
+    ``bits`` and ``code_space`` come from the description recorded at export,
+    so the usual compatibility check applies; positions are the ``idx`` keys,
+    the items' positions in the exported codes file.
     """
-    client = _client(uri)
-    info = collection_info(client, uri, collection)
-    check_compatible(int(info["bits"]), str(info.get("code_space", "")), model_bits, model_space, f"collection {collection}")
-    if radius is None and not 0 < k <= MAX_LIMIT:
-        raise BrcdError(f"-k must be in 1..{MAX_LIMIT} for Milvus, got {k}")
-    if radius is not None and radius < 0:
-        raise BrcdError(f"radius must be >= 0, got {radius}")
-    params: dict[str, Any] = {"metric_type": "HAMMING"}
-    limit = k
-    if radius is not None:
-        params["params"] = {"radius": radius + 1, "range_filter": 0}  # Milvus keeps integer distances < radius
-        limit = MAX_LIMIT
-    rows = client.search(collection, data=[q.tobytes() for q in np.asarray(packed, dtype=np.uint8)], limit=limit,
-                         anns_field="code", search_params=params, output_fields=["item_id"])
-    out = []
-    for found in rows:
-        if radius is not None and len(found) >= MAX_LIMIT:
-            raise BrcdError(f"more than {MAX_LIMIT} codes lie within radius {radius}; use a smaller radius or -k")
-        ranked = sorted(((int(round(h["distance"])), int(h["id"]), h["entity"]["item_id"]) for h in found))
-        out.append([Hit(rank=r + 1, index=i, distance=d, id=item) for r, (d, i, item) in enumerate(ranked)])
-    return out
 
+    def __init__(self, uri: str, collection: str) -> None:
+        self._client = _client(uri)
+        info = collection_info(self._client, uri, collection)
+        self.uri, self.collection = uri, collection
+        self.name = f"collection {collection}"
+        self.bits = int(info["bits"])
+        self.code_space = str(info.get("code_space", ""))
+        self.producer = str(info.get("producer", ""))
+        self.count = int(self._client.get_collection_stats(collection).get("row_count", 0))
+        self._ids: dict[int, str] = {}
+
+    def item(self, index: int) -> Item:
+        return Item(self._ids[index], index)
+
+    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
+        if k > MAX_LIMIT:
+            raise OptionError("k", f"must be in 1..{MAX_LIMIT} for Milvus, got {k}")
+        return self._query(queries, k, {"metric_type": "HAMMING"}, None)
+
+    def _range_search(self, queries: np.ndarray, radius: int) -> SearchResult:
+        # Milvus keeps integer distances < radius, so radius + 1 keeps those <= radius.
+        params = {"metric_type": "HAMMING", "params": {"radius": radius + 1, "range_filter": 0}}
+        return self._query(queries, MAX_LIMIT, params, radius)
+
+    def _query(self, queries: np.ndarray, limit: int, params: dict[str, Any], radius: Optional[int]) -> SearchResult:
+        """Rows sorted by (distance, index); with a radius, an error rather than a silently truncated answer."""
+        found_rows = self._client.search(self.collection, data=[q.tobytes() for q in queries], limit=limit,
+                                         anns_field="code", search_params=params, output_fields=["item_id"])
+        rows = []
+        for found in found_rows:
+            if radius is not None and len(found) >= MAX_LIMIT:
+                raise BrcdError(f"more than {MAX_LIMIT} codes lie within radius {radius}; use a smaller radius or -k")
+            for h in found:
+                self._ids[int(h["id"])] = h["entity"]["item_id"]
+            rows.append((np.array([int(round(h["distance"])) for h in found], dtype=np.int32),
+                         np.array([int(h["id"]) for h in found], dtype=np.int64)))
+        return ranked(rows, None, self.item)
+
+    def close(self) -> None:
+        self._client.close()
