@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import masked_similarity
+from .registry import DistillBatch, MethodContext, Term, register_method
 
 
 def nearest_centre(codes: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -97,3 +98,21 @@ class BRCDLoss(nn.Module):
         negatives = sim.masked_fill(excluded, float("-inf"))
         logits = torch.cat([positive[:, None], negatives], dim=1)
         return F.cross_entropy(logits, torch.zeros(2 * b, dtype=torch.long, device=s.device))
+
+
+@register_method("brcd", weight=1.0, needs=("codes", "clusters"), keeps_code_space=True,
+                 summary="bit-mask robust contrastive distillation (the method)",
+                 variants={"brcd-no-fn": {"false_negatives": False}, "brcd-no-fp": {"false_positives": False},
+                           "brcd-no-mask": {"bit_mask": False}, "brcd-opposite-mask": {"mask_rule": "opposite"}})
+def brcd_term(ctx: MethodContext) -> Term:
+    """BRCD on the first view's student codes against both teacher views; clusters and masks from the context."""
+    o = ctx.options
+    loss = BRCDLoss(tau=o.tau, alpha=o.alpha, false_negatives=o.false_negatives, false_positives=o.false_positives,
+                    bit_mask=o.bit_mask)
+
+    def term(b: DistillBatch) -> torch.Tensor:
+        (s1, _), (t1, t2) = b.s_codes, b.t_codes
+        clusters = ctx.clusters[b.idx] if ctx.clusters is not None else None
+        return loss(s1, t1, t2, clusters=clusters, centres=ctx.centres, masks=ctx.masks)
+
+    return Term(term)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import masked_similarity
+from .registry import MethodContext, Term, register_method
 
 EPS = 1e-7
 
@@ -72,3 +73,10 @@ class CIBHashLoss(nn.Module):
         b2 = straight_through_sign(p2, self.stochastic)
         loss = nt_xent(b1, b2, self.tau) + self.beta * symmetric_bottleneck(p1, p2)
         return loss, b1, b2
+
+
+@register_method("none", weight=0.0, keeps_code_space=False,
+                 summary="no teacher term: the student trained alone with CIBHash, the floor every method is measured against")
+def no_term(ctx: MethodContext) -> Optional[Term]:
+    """The student's own CIBHash loss is the whole objective; its codes get a code space of their own."""
+    return None

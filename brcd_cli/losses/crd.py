@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import MethodContext, Term, per_view, register_method
+
 
 class CRDLoss(nn.Module):
     """Symmetric InfoNCE between student and teacher codes, negatives from the batch."""
@@ -37,3 +39,9 @@ class CRDLoss(nn.Module):
         logits = F.normalize(student, dim=1) @ F.normalize(teacher, dim=1).T / self.tau
         target = torch.arange(student.shape[0], device=student.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+@register_method("crd", weight=0.8, needs=("codes",), keeps_code_space=True,
+                 summary="in-batch contrastive student-teacher codes (Tian et al.; weight 0.8 as published)")
+def crd_term(ctx: MethodContext) -> Term:
+    return per_view(CRDLoss())

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import MethodContext, Term, register_method
+
 
 class FitNetLoss(nn.Module):
     """MSE between regressed student features and teacher features; owns the regressor."""
@@ -32,3 +34,11 @@ class FitNetLoss(nn.Module):
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         """student_features: (B, d_s) guided layer; teacher_features: (B, d_t) hint layer."""
         return F.mse_loss(self.regressor(student_features), teacher_features.detach())
+
+
+@register_method("fitnet", weight=100.0, needs=("hidden",), keeps_code_space=True,
+                 summary="hint regression of the hash layers' inputs (Romero et al.; weight 100 as published)")
+def fitnet_term(ctx: MethodContext) -> Term:
+    """The regressor trains with the student (the trainer attaches it while training, drops it before saving)."""
+    loss = FitNetLoss(ctx.student_dim, ctx.teacher_dim)
+    return Term(lambda b: loss(b.s_hidden, b.t_hidden), trainable=loss.regressor)

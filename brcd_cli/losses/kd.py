@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .cibhash import bernoulli_kl
+from .registry import MethodContext, Term, register_method
 
 
 class KDLoss(nn.Module):
@@ -35,3 +36,10 @@ class KDLoss(nn.Module):
         p_teacher = torch.sigmoid(teacher_logits.detach() / t)
         p_student = torch.sigmoid(student_logits / t)
         return t * t * bernoulli_kl(p_teacher, p_student)
+
+
+@register_method("kd", weight=1.0, needs=("logits",), keeps_code_space=True,
+                 summary="per-bit softened Bernoulli KL on logits (Hinton et al.)")
+def kd_term(ctx: MethodContext) -> Term:
+    loss = KDLoss(ctx.options.kd_temperature)
+    return Term(lambda b: loss(b.s_logits, b.t_logits))

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import MethodContext, Term, per_view, register_method
+
 EPS = 1e-7
 
 
@@ -35,3 +37,9 @@ class PKTLoss(nn.Module):
         p_t = similarity_distribution(teacher.detach().to(student.dtype))
         p_s = similarity_distribution(student)
         return (p_t * torch.log((p_t + EPS) / (p_s + EPS))).sum(dim=1).mean()
+
+
+@register_method("pkt", weight=1.0, needs=("codes",), keeps_code_space=True,
+                 summary="similarity-distribution KL of codes (Passalis & Tefas)")
+def pkt_term(ctx: MethodContext) -> Term:
+    return per_view(PKTLoss())

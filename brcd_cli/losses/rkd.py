@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import MethodContext, Term, per_view, register_method
+
 
 def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
     d = torch.cdist(x, x)
@@ -53,3 +55,9 @@ class RKDLoss(nn.Module):
         loss_d = F.smooth_l1_loss(sd[off], td[off])
         loss_a = F.smooth_l1_loss(_angles(student), ta)
         return self.distance_weight * loss_d + self.angle_weight * loss_a
+
+
+@register_method("rkd", weight=1.0, needs=("codes",), keeps_code_space=True,
+                 summary="distance and angle relations of codes (Park et al.; its 25/50 inside the loss)")
+def rkd_term(ctx: MethodContext) -> Term:
+    return per_view(RKDLoss())

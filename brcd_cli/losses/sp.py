@@ -9,13 +9,15 @@ For +-1 codes G_ij = L - 2 d_H(i, j), so SP asks pairs that are Hamming
 neighbours under the teacher to be neighbours under the student. Relational,
 so it leaves the student's bit order free (no direct ASHP alignment). The
 paper weighs it by gamma = 3000 against cross-entropy; that constant is the
-default weight here (see distill's METHOD_WEIGHTS).
+default weight here (registered below).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import MethodContext, Term, per_view, register_method
 
 
 def normalised_gram(x: torch.Tensor) -> torch.Tensor:
@@ -30,3 +32,9 @@ class SPLoss(nn.Module):
         g_t = normalised_gram(teacher.detach().to(student.dtype))
         g_s = normalised_gram(student)
         return ((g_s - g_t) ** 2).sum() / (b * b)
+
+
+@register_method("sp", weight=3000.0, needs=("codes",), keeps_code_space=True,
+                 summary="row-normalised Gram matrices of codes (Tung & Mori; weight 3000 as published)")
+def sp_term(ctx: MethodContext) -> Term:
+    return per_view(SPLoss())

@@ -1,23 +1,18 @@
 """distill: train a small student in the teacher's code space, with BRCD or a KD baseline.
 
 Before training, the training images are encoded by the teacher (test-time
-transform); for BRCD they are also clustered, and the clusters and bit masks
-are saved beside the student (clusters.safetensors, clusters.json,
-clusters.png). Every method trains the student's own CIBHash loss plus a
-distillation term against the frozen teacher:
+transform); for methods that need clusters (BRCD) they are also clustered,
+and the clusters and bit masks are saved beside the student
+(clusters.safetensors, clusters.json, clusters.png). Every method trains the
+student's own CIBHash loss plus its distillation term against the frozen
+teacher; the methods, their published weights and the tensors they need come
+from the method registry (brcd_cli/losses/registry.py; ``brcd distill --help``
+lists them), ``none`` being the student trained alone, the floor every
+method is measured against.
 
-    brcd    bit-mask robust contrastive distillation (losses/brcd.py; ablations by switches)
-    kd      per-bit softened Bernoulli KL on logits          (losses/kd.py)
-    fitnet  hint regression of hash-layer inputs             (losses/fitnet.py)
-    rkd     distance + angle relations of codes              (losses/rkd.py)
-    pkt     similarity-distribution KL of codes              (losses/pkt.py)
-    sp      row-normalised Gram matrices of codes            (losses/sp.py)
-    crd     in-batch contrastive student-teacher codes       (losses/crd.py)
-    none    no teacher term: the floor every method is measured against
-
-All but ``none`` record the teacher's code space, are validated in ASHP
+Methods that keep the teacher's code space record it, are validated in ASHP
 (student queries against teacher codes) and can search teacher-encoded
-databases; ``none`` gets a code space of its own. With a frozen student
+databases; the others get a code space of their own. With a frozen student
 backbone the frozen forwards are precomputed once into a feature cache
 (feature_cache.py) and only the heads run per step.
 """
@@ -36,7 +31,8 @@ from ..data import Augmenter, ImageSource, make_split, preload
 from ..encoding import codes_of_images
 from ..errors import BrcdError
 from ..kernels import pack_codes
-from ..losses import BRCDLoss, CIBHashLoss, CRDLoss, FitNetLoss, KDLoss, PKTLoss, RKDLoss, SPLoss
+from ..losses import CIBHashLoss
+from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model
 from ..models.checkpoint import atomic_write_json
 from .clustering import MASK_RULES, ClusterResult, bit_consistency, bit_masks, cluster_codes
@@ -45,14 +41,9 @@ from .feature_cache import CachedValidator, FeatureCache, build_or_open, split_h
 from .loop import FitOptions, fit
 from .teacher import TrainedModel
 
-METHODS = ("brcd", "none", "kd", "fitnet", "rkd", "pkt", "sp", "crd")
-# Weight of the distillation term when none is given: 1 for BRCD (the reference), the papers'
-# published settings for the baselines (FitNet 100, SP 3000, CRD 0.8; KD, RKD (its 25/50 are inside
-# the loss) and PKT 1). None of these were tuned on this project's data.
-METHOD_WEIGHTS = {"brcd": 1.0, "none": 0.0, "kd": 1.0, "fitnet": 100.0, "rkd": 1.0, "pkt": 1.0, "sp": 3000.0, "crd": 0.8}
-CODE_LOSSES = {"rkd": RKDLoss, "pkt": PKTLoss, "sp": SPLoss, "crd": CRDLoss}
-# Attached to the student while it trains so that the loop's optimizer sees it; removed before saving.
-REGRESSOR = "distill_regressor"
+# A term's trainable part (FitNet's regressor) is attached to the student while it trains so that the
+# loop's optimizer sees it; removed before saving.
+TRAINABLE = "distill_trainable"
 
 
 @dataclass
@@ -74,7 +65,7 @@ class DistillOptions:
     false_negatives: bool = True
     false_positives: bool = True
     bit_mask: bool = True
-    weight: Optional[float] = None  # weight of the distillation term; None: METHOD_WEIGHTS[method]
+    weight: Optional[float] = None  # weight of the distillation term; None: the method's published weight
     kd_temperature: float = 4.0
     tau: float = 0.3
     beta: float = 0.001
@@ -89,8 +80,7 @@ class DistillOptions:
     fit: FitOptions = field(default_factory=lambda: FitOptions(epochs=400, batch_size=64, lr=1e-3))
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise BrcdError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        get_method(self.method)
         if self.mask_rule not in MASK_RULES:
             raise BrcdError(f"mask rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -107,8 +97,12 @@ class DistillOptions:
             raise BrcdError(f"--cache-views must be at least 2 (BRCD needs two views of each image), got {self.cache_views}")
 
     @property
+    def distill_method(self) -> Method:
+        return get_method(self.method)
+
+    @property
     def distill_weight(self) -> float:
-        return METHOD_WEIGHTS[self.method] if self.weight is None else self.weight
+        return self.distill_method.weight if self.weight is None else self.weight
 
 
 def save_clusters(out_dir: Path, result: ClusterResult, consistency: np.ndarray, masks: np.ndarray, train_ids: list[str], options: DistillOptions) -> None:
@@ -163,43 +157,36 @@ class Objective:
     """The student's CIBHash loss plus the chosen method's distillation term, on a batch of two views.
 
     Inputs are rows of both views stacked ([view 1; view 2], 2B rows): the
-    student's logits, the input of its hash layer (FitNet only), the teacher's
-    logits and hash-layer inputs. The same object serves training from images
-    and training from the feature cache, so both optimise the same thing.
+    student's logits, the input of its hash layer (when the method needs it),
+    the teacher's logits and hash-layer inputs. The term comes from the method
+    registry (:mod:`brcd_cli.losses.registry`). The same object serves training
+    from images and training from the feature cache, so both optimise the same thing.
     """
 
     def __init__(self, options: DistillOptions, student_dim: int = 0, teacher_dim: int = 0,
                  clusters: Optional[torch.Tensor] = None, centres: Optional[torch.Tensor] = None,
                  masks: Optional[torch.Tensor] = None) -> None:
-        self.method, self.weight = options.method, options.distill_weight
+        self.method, self.weight = options.distill_method, options.distill_weight
         self.cib = CIBHashLoss(tau=options.tau, beta=options.beta)
-        self.clusters, self.centres, self.masks = clusters, centres, masks
-        self.brcd = BRCDLoss(tau=options.tau, alpha=options.alpha, false_negatives=options.false_negatives,
-                             false_positives=options.false_positives, bit_mask=options.bit_mask)
-        self.kd = KDLoss(options.kd_temperature)
-        self.fitnet = FitNetLoss(student_dim, teacher_dim) if options.method == "fitnet" else None
-        self.code_loss = CODE_LOSSES[options.method]() if options.method in CODE_LOSSES else None
+        self.term = self.method.build(MethodContext(options, student_dim, teacher_dim, clusters, centres, masks))
 
     @property
     def needs_hidden(self) -> bool:
-        return self.fitnet is not None
+        return "hidden" in self.method.needs
+
+    @property
+    def trainable(self) -> Optional[torch.nn.Module]:
+        """Parameters the term trains with the student, if any."""
+        return self.term.trainable if self.term is not None else None
 
     def __call__(self, idx: torch.Tensor, s_logits: torch.Tensor, s_hidden: Optional[torch.Tensor],
                  t_logits: Optional[torch.Tensor], t_hidden: Optional[torch.Tensor]) -> torch.Tensor:
         loss, s1, s2 = self.cib(*s_logits.chunk(2))
-        if self.method == "none":
+        if self.term is None:
             return loss
         t1, t2 = torch.where(t_logits >= 0, 1.0, -1.0).chunk(2)
-        if self.method == "brcd":
-            term = self.brcd(s1, t1, t2, clusters=self.clusters[idx] if self.clusters is not None else None,
-                             centres=self.centres, masks=self.masks)
-        elif self.method == "kd":
-            term = self.kd(s_logits, t_logits)
-        elif self.fitnet is not None:
-            term = self.fitnet(s_hidden, t_hidden)
-        else:  # relational and contrastive losses compare rows within one view's batch
-            term = 0.5 * (self.code_loss(s1, t1) + self.code_loss(s2, t2))
-        return loss + self.weight * term
+        batch = DistillBatch(idx, s_logits, (s1, s2), t_logits, (t1, t2), s_hidden, t_hidden)
+        return loss + self.weight * self.term(batch)
 
 
 def _use_cache(options: DistillOptions, model: HashModel) -> bool:
@@ -238,12 +225,13 @@ def distill(
     split_seed = options.seed if options.split_seed is None else options.split_seed
     split = make_split(source, seed=split_seed, n_queries=options.n_queries, n_train=options.n_train)
     images = preload(source, split.train, size)
-    distilling = options.method != "none"
+    method = options.distill_method
+    distilling = method.distills
     model = build_model(
         options.arch, bits, size, options.pretrained, options.freeze_backbone, log,
         role="student", head=options.head, hidden=options.hidden, augment=augment,
         method="cibhash" if not distilling else options.method,
-        code_space=code_space_of(teacher.config, teacher_fp) if distilling else "",
+        code_space=code_space_of(teacher.config, teacher_fp) if method.keeps_code_space else "",
     )
     cached = _use_cache(options, model)
     log(f"student {options.arch}, {bits} bits, {size}px, method {options.method}; {len(split.train)} training images"
@@ -251,7 +239,7 @@ def distill(
 
     clusters = centres = masks = None
     teacher_codes = codes_of_images(teacher, images).numpy() if distilling else None
-    if options.method == "brcd" and (options.false_negatives or options.false_positives or options.bit_mask):
+    if "clusters" in method.needs and (options.false_negatives or options.false_positives or options.bit_mask):
         result = cluster_codes(teacher_codes, k=options.clusters, seed=options.seed, k_range=(2, options.max_clusters))
         consistency = bit_consistency(teacher_codes, result.labels, result.k)
         mask_matrix = bit_masks(consistency, options.margin, options.mask_rule)
@@ -269,10 +257,10 @@ def distill(
         student_dim = split_head(model.head, model.features(probe))[0].shape[1]
         teacher_dim = teacher_outputs(teacher, probe)[0].shape[1]
     objective = Objective(options, student_dim, teacher_dim, clusters, centres, masks)
-    if objective.fitnet is not None:
-        model.add_module(REGRESSOR, objective.fitnet.regressor)
+    if objective.trainable is not None:
+        model.add_module(TRAINABLE, objective.trainable)
 
-    db_codes = pack_codes(teacher_codes) if teacher_codes is not None else None
+    db_codes = pack_codes(teacher_codes) if method.keeps_code_space else None
     top_k = default_top_k(source)
     cache: Optional[FeatureCache] = None
     if cached:
@@ -292,13 +280,13 @@ def distill(
                                         source.labels[split.train], top_k, db_codes=db_codes)
         else:
             validator = Validator(source, split, images, top_k, db_codes=db_codes)
-        log(f"validation: {'ASHP (student queries, teacher database)' if distilling else 'SSHP'} mAP on {len(split.val_queries)} validation queries")
+        log(f"validation: {'ASHP (student queries, teacher database)' if method.keeps_code_space else 'SSHP'} mAP on {len(split.val_queries)} validation queries")
     write_run_record(out_dir, {"kind": "student", "data": source.name, "teacher": str(teacher_dir), "options": options, "state": "training"})
     try:
         result_fit = fit(model, step, train_images, augmenter, options.fit, out_dir, validator, resume=resume, log=log)
     finally:
-        if REGRESSOR in model._modules:
-            del model._modules[REGRESSOR]
+        if TRAINABLE in model._modules:
+            del model._modules[TRAINABLE]
     fingerprint = save_model(model, out_dir)
     write_run_record(out_dir, {
         "kind": "student", "data": source.name, "teacher": str(teacher_dir), "teacher_fingerprint": teacher_fp,
