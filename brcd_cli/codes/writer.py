@@ -12,15 +12,15 @@ import dataclasses
 import json
 import operator
 import os
-import secrets
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
+from ..atomic import AtomicFile
 from .header import FINGERPRINT_BYTES, HEADER_SIZE, Header, file_error
 
 
@@ -85,9 +85,8 @@ class CodesWriter:
         self._metadata = encode_metadata(metadata)
         self._refuse_existing()
         self._ids: list[bytes] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = _create_temp(self.path)
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._target = AtomicFile(self.path, "wb")
+        self._file: IO[bytes] | None = self._target.file
         self._file.write(bytes(HEADER_SIZE))  # placeholder: zeros are never a valid header
 
     @property
@@ -120,23 +119,16 @@ class CodesWriter:
             header = self._write_tail(handle)
             handle.seek(0)
             handle.write(header.pack())
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            self._file = None
-            self._refuse_existing()  # someone may have created it while we were writing
-            os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
-        _fsync_directory(self.path.parent)
+        self._file = None
+        self._target.commit(check=self._refuse_existing)  # someone may have created it while we were writing
 
     def abort(self) -> None:
         """Drop the temp file; the destination keeps whatever it had before."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._tmp.unlink(missing_ok=True)
+        self._file = None
+        self._target.abort()
 
     def __enter__(self) -> CodesWriter:
         return self
@@ -152,7 +144,7 @@ class CodesWriter:
         else:
             self.abort()
 
-    def _open_file(self) -> BinaryIO:
+    def _open_file(self) -> IO[bytes]:
         if self._file is None:
             raise ValueError(f"codes writer for {os.fspath(self.path)!r} is already closed")
         return self._file
@@ -161,7 +153,7 @@ class CodesWriter:
         if not self.overwrite and os.path.lexists(self.path):
             raise file_error(self.path, "already exists; pass overwrite=True to replace it")
 
-    def _write_tail(self, handle: BinaryIO) -> Header:
+    def _write_tail(self, handle: IO[bytes]) -> Header:
         """Write alignment padding, the ids section and metadata; return the matching header."""
         lengths = np.fromiter(map(len, self._ids), dtype="<u8", count=len(self._ids))
         offsets = np.zeros(len(self._ids) + 1, dtype="<u8")
@@ -191,31 +183,6 @@ def _code_length(bits: int) -> int:
     if value <= 0 or value % 8:
         raise ValueError(f"bits must be a positive multiple of 8, got {bits!r}")
     return value
-
-
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new hidden file next to ``path``.
-
-    Unlike ``tempfile.mkstemp`` (always mode 0600) this honours the umask, so
-    the renamed codes file gets the permissions any other new file would.
-    """
-    while True:
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), candidate
-        except FileExistsError:
-            continue
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist the rename itself; skipped where directories cannot be opened (Windows)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_codes(

@@ -9,40 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import ModelError
 from .hashing import HashModel, ModelConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FORMAT = "brcd-model/1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _sha256(path: Path) -> str:
@@ -59,15 +37,10 @@ def save_model(model: HashModel, directory: Path) -> str:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": FORMAT})
-        fingerprint = _sha256(Path(tmp))
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialised in memory rather than by save_file, which renames its own unsynced temp file into place.
+    data = save(state, metadata={"format": FORMAT})
+    atomic_write_bytes(directory / WEIGHTS, data)
+    fingerprint = hashlib.sha256(data).hexdigest()
     doc = {"format": FORMAT, "fingerprint": fingerprint, "config": model.config.to_dict()}
     atomic_write_json(directory / CONFIG, doc)
     return fingerprint

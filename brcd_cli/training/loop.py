@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from ..data import Augmenter
 from .. import distributed
+from ..atomic import atomic_write
 from ..errors import BrcdError
 from ..models import HashModel
 
@@ -54,14 +53,8 @@ class FitResult:
 
 
 def _save_resume(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".resume.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        torch.save(payload, fh)
 
 
 def _load_resume(path: Path) -> dict:
