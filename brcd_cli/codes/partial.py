@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes, atomic_write_json
 from .header import file_error
 from .reader import decode_id
 from .writer import CodesWriter, encode_id
@@ -55,8 +56,6 @@ def write_skipped(out: Path, skipped: Sequence[tuple[str, str]]) -> Optional[Pat
     With nothing skipped, a list left by an earlier encode of ``out`` is
     removed, since it would describe another file. Returns the list's path, or None.
     """
-    from ..models.checkpoint import atomic_write_bytes
-
     side = skipped_path(out)
     if not skipped:
         side.unlink(missing_ok=True)
@@ -205,8 +204,6 @@ class PartialCodes:
         self._handles = {}
 
     def _commit(self) -> None:
-        from ..models.checkpoint import atomic_write_json
-
         atomic_write_json(self.dir / "state.json", {
             "version": STATE_VERSION, "bits": self.bits, "producer": self.producer, "digest": self.digest,
             "total": self.total, "replace_existing": self.replace_existing, **self.state.__dict__,
