@@ -1,5 +1,6 @@
 """``brcd experiment``: BRCD against KD baselines and its own ablations over bit lengths and seeds, with a report."""
-from .grid import ABLATIONS, VARIANTS, Experiment, ExperimentOptions, find_teachers, parse_bits, parse_methods, run_experiment
+from .cells import ABLATIONS, VARIANTS
+from .grid import Experiment, ExperimentOptions, find_teachers, parse_bits, parse_methods, run_experiment
 from .report import write_report
 
 __all__ = [

@@ -24,34 +24,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..atomic import atomic_write_json
 from ..data import ImageSource, make_split
 from ..errors import BrcdError
 from ..evaluation.protocol import encode_with, retrieval_scores
 from ..models import VALID_BITS, load_model
-from ..models.checkpoint import CONFIG, atomic_write_json
+from ..models.checkpoint import CONFIG
 from ..training import DistillOptions, TeacherOptions, distill, train_teacher
 from ..training.common import default_top_k, read_run_record
 from ..training.loop import RESUME_FILE
-
-# Every row of the paper's comparison: the methods, then BRCD with one part changed.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "none": {"method": "none"},
-    "brcd": {"method": "brcd"},
-    "kd": {"method": "kd"},
-    "fitnet": {"method": "fitnet"},
-    "rkd": {"method": "rkd"},
-    "pkt": {"method": "pkt"},
-    "sp": {"method": "sp"},
-    "crd": {"method": "crd"},
-    "brcd-no-fn": {"method": "brcd", "false_negatives": False},
-    "brcd-no-fp": {"method": "brcd", "false_positives": False},
-    "brcd-no-mask": {"method": "brcd", "bit_mask": False},
-    "brcd-opposite-mask": {"method": "brcd", "mask_rule": "opposite"},
-}
-ABLATIONS = tuple(name for name in VARIANTS if name.startswith("brcd-"))
-CELL_FILE = "cell.json"
-CODES_FILE = "codes.npz"
-STATE_FILE = "experiment.json"
+from .cells import ABLATIONS, CELL_FILE, CODES_FILE, STATE_FILE, VARIANTS, load_codes, save_codes
+from .report import write_report
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -143,17 +126,6 @@ def _score(codes_q: dict[str, np.ndarray], codes_db: dict[str, np.ndarray], q_la
     return out
 
 
-def _save_codes(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
-def load_codes(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
 class Experiment:
     """Runs (or continues) the grid in ``out``; :meth:`run` returns the finished cell records."""
 
@@ -218,7 +190,7 @@ class Experiment:
         db = encode_with({"teacher": teacher}, self.source, split.database)
         ql, dl = self.source.labels[split.test_queries], self.source.labels[split.database]
         scores = _score(q, db, ql, dl, {"teacher": ("teacher", "teacher")}, self.top_k)
-        _save_codes(codes_path, query=q["teacher"], database=db["teacher"], query_labels=ql, database_labels=dl)
+        save_codes(codes_path, query=q["teacher"], database=db["teacher"], query_labels=ql, database_labels=dl)
         record = {"bits": bits, "teacher": str(teacher_dir), "fingerprint": fp, **scores,
                   "queries": len(split.test_queries), "database": len(split.database)}
         atomic_write_json(path, record)
@@ -248,7 +220,7 @@ class Experiment:
         q["teacher"], db["teacher"] = tc["query"], tc["database"]
         ql, dl = self.source.labels[split.test_queries], self.source.labels[split.database]
         scores = _score(q, db, ql, dl, {"ashp": ("student", "teacher"), "sshp": ("student", "student")}, self.top_k)
-        _save_codes(cell_dir / CODES_FILE, query=q["student"], database=db["student"])
+        save_codes(cell_dir / CODES_FILE, query=q["student"], database=db["student"])
         fit_result = record.get("result", {})
         clusters = json.loads((cell_dir / "clusters.json").read_text()) if (cell_dir / "clusters.json").is_file() else {}
         cell = {
@@ -271,7 +243,5 @@ class Experiment:
 
 def run_experiment(source: ImageSource, out: Path, options: ExperimentOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run or continue the grid, then write results.csv, results.md and the plots; returns the summary."""
-    from .report import write_report
-
     cells = Experiment(source, out, options, log=log).run()
     return write_report(Path(out), cells, log=log)

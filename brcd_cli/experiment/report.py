@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_text
 from ..evaluation import precision_recall_curve
-from .grid import ABLATIONS, CELL_FILE, CODES_FILE, STATE_FILE, VARIANTS, load_codes
+from .cells import ABLATIONS, CODES_FILE, STATE_FILE, VARIANTS, load_codes
 
 PARADIGMS = (("ashp", "ASHP"), ("sshp", "SSHP"))
 CSV_FIELDS = ("method", "bits", "seed", "map_ashp", "map_sshp", "map_tie_aware_ashp", "map_tie_aware_sshp",
@@ -34,6 +35,14 @@ def _plt():
     return plt
 
 
+def _save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Write a plot atomically (a rerun never leaves a half PNG beside the results) and free it."""
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return path
+
+
 def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int, str], tuple[float, float, int]]:
     """(method, bits, paradigm) -> (mean, std over seeds, seeds); ASHP of the student alone is left out."""
     groups: dict[tuple[str, int, str], list[float]] = {}
@@ -48,7 +57,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int, str], tuple[f
 def write_report(out: Path, cells: list[dict[str, Any]], log: Callable[[str], None] = print) -> dict[str, Any]:
     out = Path(out)
     cells = sorted(cells, key=lambda c: (list(VARIANTS).index(c["method"]), c["bits"], c["seed"]))
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(cells)
@@ -62,7 +71,7 @@ def write_report(out: Path, cells: list[dict[str, Any]], log: Callable[[str], No
         plots.append(plot_map_vs_bits(out, summary, teachers, methods, bits))
         plots.append(plot_pr_curves(out, methods, bits))
     plots += [p for p in (plot_bit_consistency(out, bits), plot_silhouette(out, bits)) if p is not None]
-    (out / "results.md").write_text(markdown(cells, summary, teachers, methods, bits, state, plots), encoding="utf-8")
+    atomic_write_text(out / "results.md", markdown(cells, summary, teachers, methods, bits, state, plots))
     log(f"report: {out / 'results.md'}, {out / 'results.csv'} and {len(plots)} plots")
     return {"cells": len(cells), "summary": {f"{m}/{b}/{p}": v for (m, b, p), v in summary.items()},
             "teachers": teachers, "seconds": state.get("seconds"), "plots": [str(p) for p in plots]}
@@ -199,10 +208,7 @@ def plot_map_vs_bits(out: Path, summary, teachers, methods, bits) -> Path:
     axes[0].set_ylabel("mAP")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
-    path = out / "map_vs_bits.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "map_vs_bits.png")
 
 
 def plot_pr_curves(out: Path, methods, bits) -> Path:
@@ -235,10 +241,7 @@ def plot_pr_curves(out: Path, methods, bits) -> Path:
             ax.grid(alpha=0.3)
     axes[0][1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
-    path = out / "pr_curves.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "pr_curves.png")
 
 
 def _brcd_clusters(out: Path, b: int) -> Path | None:
@@ -269,10 +272,7 @@ def plot_bit_consistency(out: Path, bits) -> Path | None:
                      f"{int(mask.sum())}/{mask.size} kept)", fontsize=9)
     axes[-1, 0].set_xlabel("bit")
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="bit consistency m_ci")
-    path = out / "bit_consistency.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "bit_consistency.png")
 
 
 def plot_silhouette(out: Path, bits) -> Path | None:
@@ -302,7 +302,4 @@ def plot_silhouette(out: Path, bits) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "silhouette.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "silhouette.png")

@@ -1,0 +1,40 @@
+"""What the grid's rows are and which files a finished cell leaves: shared by the grid that writes them and the report that reads them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write
+
+# Every row of the paper's comparison: the methods, then BRCD with one part changed.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "none": {"method": "none"},
+    "brcd": {"method": "brcd"},
+    "kd": {"method": "kd"},
+    "fitnet": {"method": "fitnet"},
+    "rkd": {"method": "rkd"},
+    "pkt": {"method": "pkt"},
+    "sp": {"method": "sp"},
+    "crd": {"method": "crd"},
+    "brcd-no-fn": {"method": "brcd", "false_negatives": False},
+    "brcd-no-fp": {"method": "brcd", "false_positives": False},
+    "brcd-no-mask": {"method": "brcd", "bit_mask": False},
+    "brcd-opposite-mask": {"method": "brcd", "mask_rule": "opposite"},
+}
+ABLATIONS = tuple(name for name in VARIANTS if name.startswith("brcd-"))
+CELL_FILE = "cell.json"
+CODES_FILE = "codes.npz"
+STATE_FILE = "experiment.json"
+
+
+def save_codes(path: Path, **arrays: np.ndarray) -> None:
+    """Store the named code arrays of a cell or teacher as one .npz, atomically."""
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
+
+
+def load_codes(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
