@@ -112,7 +112,7 @@ def train_teacher_cmd(
     """Train a CIBHash teacher (NT-Xent on straight-through sign codes + Bernoulli KL bottleneck)."""
     from .data import open_source
     from .training import TeacherOptions, train_teacher
-    from .training.common import set_threads
+    from .threads import set_threads
 
     set_threads(threads)
     options = TeacherOptions(
@@ -181,7 +181,7 @@ def distill_cmd(
     """Distil a teacher into a small student with BRCD (clusters and bit masks are computed here and saved beside it)."""
     from .data import open_source
     from .training import DistillOptions, distill
-    from .training.common import set_threads
+    from .threads import set_threads
 
     set_threads(threads)
     _check_common(64, image_size or 224, augment, head, hidden)
@@ -230,7 +230,7 @@ def experiment_cmd(
     from .data import open_source
     from .experiment import ExperimentOptions, parse_bits, parse_methods, run_experiment
     from .training import DistillOptions, TeacherOptions
-    from .training.common import set_threads
+    from .threads import set_threads
 
     set_threads(threads)
     _check_common(64, image_size, None, "mlp", hidden)
@@ -270,7 +270,7 @@ def encode_cmd(
     from .data import open_source
     from .errors import DataError
     from .pipeline import encode_collection, encode_distributed
-    from .training.common import set_threads
+    from .threads import set_threads
 
     set_threads(threads)
     if batch_size < 1:
@@ -444,7 +444,7 @@ def bench_distill_cache_cmd(
     from .bench.cache import CacheBenchConfig, format_report, run_cache_bench
     from .data import open_source
     from .training import DistillOptions, FitOptions, TeacherOptions
-    from .training.common import set_threads
+    from .threads import set_threads
 
     set_threads(threads)
     config = CacheBenchConfig(
@@ -497,7 +497,7 @@ def evaluate_cmd(
     from .data import open_source
     from .evaluation.protocol import evaluate_models
     from .models import load_model
-    from .training.common import set_threads
+    from .threads import set_threads
     from .training.common import default_top_k
 
     set_threads(threads)
@@ -523,7 +523,7 @@ def demo_cmd(
 ) -> None:
     """The whole pipeline on the embedded digits: teacher, BRCD student, student alone, encode, evaluate, search."""
     from .demo import print_report, run_demo
-    from .training.common import set_threads
+    from .threads import set_threads
 
     set_threads(threads)
     if budget <= 0:

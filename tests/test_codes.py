@@ -5,6 +5,7 @@ import os
 import re
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 import zlib
@@ -433,3 +434,35 @@ def test_docs_snippet_reads_codes_with_numpy_alone(tmp_path: Path, monkeypatch: 
     assert namespace["bits"] == 72
     signs = np.where(np.unpackbits(codes, axis=1, bitorder="little") == 1, 1, -1)
     np.testing.assert_array_equal(namespace["signs"], signs)
+
+
+def imported_by(statement: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules under ``prefixes`` that ``statement`` loads in a fresh interpreter."""
+    probe = f"import sys\n{statement}\nprint(*sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_codes_format_loads_without_torch(tmp_path: Path) -> None:
+    """Writing, staging and reading codes files is numpy only, so tools that just handle codes never pay for torch."""
+    out = tmp_path / "c.codes"
+    statement = (
+        "import numpy as np, brcd_cli.codes, brcd_cli.codes.partial as partial\n"
+        f"out = {str(out)!r}\n"
+        f"staged = partial.PartialCodes(out, 8, {PRODUCER!r}, {CODE_SPACE!r}, digest='d', total=1)\n"
+        "staged.start()\n"
+        "staged.append(np.zeros((1, 1), np.uint8), ['a'], [('b', 'unreadable')], next_index=2)\n"
+        "skipped = staged.skipped()\n"
+        "staged.finish()\n"
+        "partial.write_skipped(out, skipped)\n"
+        "assert brcd_cli.codes.read_codes(out).count == 1 and partial.read_skipped(out) == [('b', 'unreadable')]"
+    )
+    assert imported_by(statement, ("torch", "safetensors")) == []
+
+
+def test_encode_command_loads_neither_training_nor_scikit_learn() -> None:
+    """What brcd encode imports (the CLI, image sources, the pipeline, the thread setting) stays off the training stack."""
+    statement = ("import brcd_cli.cli, brcd_cli.data, brcd_cli.pipeline, brcd_cli.threads\n"
+                 "brcd_cli.threads.set_threads(1)")
+    assert imported_by(statement, ("sklearn", "brcd_cli.training")) == []

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -10,20 +9,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_json
 from ..data import ImageSource, Split, preload
 from ..encoding import packed_codes_of_images
 from ..errors import BrcdError
 from ..models import HashModel, ModelConfig, load_backbone_weights
-from ..models.checkpoint import CONFIG, atomic_write_json
+from ..models.checkpoint import CONFIG
 
 RUN_FILE = "run.json"
-
-
-def set_threads(threads: Optional[int]) -> None:
-    """Use every core by default (shared fairly among the processes torchrun starts on this machine);
-    torch otherwise picks per-process defaults that may be lower."""
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
 
 
 def prepare_out_dir(out_dir: Path, force: bool, resume: bool) -> None:
