@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from .errors import BrcdError, OptionError
+from .losses.registry import method_names, methods, variants
+from .options import AUGMENT_RECIPES, HEADS, MASK_RULES, choice_enum, value_of
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +29,24 @@ app = typer.Typer(
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_CODES_FILE = 5
+
+
+# Enumerated options: click rejects other values (exit 2) and --help lists these choices.
+Head = choice_enum("Head", HEADS)
+Augment = choice_enum("Augment", AUGMENT_RECIPES)
+MaskRule = choice_enum("MaskRule", MASK_RULES)
+Method = choice_enum("Method", method_names())  # every registered distillation method
+Device = choice_enum("Device", ("cpu", "cuda"))
+GpuDevice = choice_enum("GpuDevice", ("cuda",))
+
+
+def _method_help() -> str:
+    return "distillation method: " + "; ".join(f"{m.name}: {m.summary}" for m in methods().values())
+
+
+def _methods_help() -> str:
+    return ("all, baselines (every method), ablations (brcd and its ablations), or a comma list of "
+            + ", ".join(variants()))
 
 
 # A library option's field -> the flag that sets it, where that is not --field-name (typer's own naming).
@@ -71,16 +91,11 @@ def _parse_clusters(value: str) -> Optional[int]:
     return k
 
 
-def _fit_options(epochs: int, batch_size: int, lr: float, patience: int, time_budget: Optional[float], seed: int,
-                 save_every: float = 30.0):
+def _fit(epochs: int, batch_size: int, lr: float, patience: int, time_budget: Optional[float], seed: int,
+         save_every: float = 30.0):
+    """The training loop's options from the shared flags (they check themselves)."""
     from .training import FitOptions
 
-    if epochs < 1 or batch_size < 2 or lr <= 0 or patience < 1:
-        raise BrcdError("need --epochs >= 1, --batch-size >= 2, --lr > 0 and --patience >= 1")
-    if time_budget is not None and time_budget <= 0:
-        raise BrcdError("--time-budget must be a positive number of seconds")
-    if save_every < 0:
-        raise BrcdError("--save-every must be >= 0 seconds")
     return FitOptions(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, time_budget=time_budget, seed=seed,
                       save_every=save_every)
 
@@ -94,9 +109,9 @@ def train_teacher_cmd(
     image_size: int = typer.Option(224, help="input size in pixels"),
     pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
-    head: str = typer.Option("linear", help="linear or mlp (Linear-ReLU-Linear)"),
+    head: Head = typer.Option("linear", help="linear, or mlp (Linear-ReLU-Linear)"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
-    augment: Optional[str] = typer.Option(None, help="photo, digits or none (default: the data set's own)"),
+    augment: Optional[Augment] = typer.Option(None, help="augmentation recipe (default: the data set's own)"),
     epochs: int = typer.Option(200),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(5e-4),
@@ -117,29 +132,11 @@ def train_teacher_cmd(
     set_threads(threads)
     options = TeacherOptions(
         arch=arch, bits=bits, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone,
-        head=head, hidden=hidden, augment=augment, seed=seed, stochastic=stochastic,
-        fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
+        head=head.value, hidden=hidden, augment=value_of(augment), seed=seed, stochastic=stochastic,
+        fit=_fit(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
-    _check_common(bits, image_size, augment, head, hidden)
     with _workers() as world:  # one process, or one of several under torchrun
         train_teacher(open_source(data), out, options, resume=resume, force=force, log=log if world.is_main else _quiet)
-
-
-def _check_common(bits: int, image_size: int, augment: Optional[str], head: str = "linear", hidden: int = 1) -> None:
-    from .data.augment import RECIPES
-    from .models import VALID_BITS
-    from .models.hashing import HEADS
-
-    if head not in HEADS:
-        raise BrcdError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    if hidden < 1:
-        raise BrcdError(f"--hidden must be positive, got {hidden}")
-    if bits not in VALID_BITS:
-        raise BrcdError(f"--bits must be one of {', '.join(map(str, VALID_BITS))}, got {bits}")
-    if not 8 <= image_size <= 1024:
-        raise BrcdError(f"--image-size must be in 8..1024, got {image_size}")
-    if augment is not None and augment not in RECIPES:
-        raise BrcdError(f"--augment must be one of {', '.join(RECIPES)}, got {augment!r}")
 
 
 @app.command("distill")
@@ -151,9 +148,9 @@ def distill_cmd(
     image_size: Optional[int] = typer.Option(None, help="input size (default: the teacher's)"),
     pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
-    head: str = typer.Option("mlp", help="mlp (Linear-ReLU-Linear) or linear"),
+    head: Head = typer.Option("mlp", help="mlp (Linear-ReLU-Linear), or linear"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
-    method: str = typer.Option("brcd", help="brcd; a KD baseline: kd, fitnet, rkd, pkt, sp, crd; or none (the student trained alone with CIBHash)"),
+    method: Method = typer.Option("brcd", help=_method_help()),
     weight: Optional[float] = typer.Option(None, help="weight of the distillation term (default: the method's published setting)"),
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="train the heads from cached frozen features (default: on when the student backbone is frozen)"),
     cache_views: int = typer.Option(8, help="augmented views per image kept in the feature cache"),
@@ -165,8 +162,8 @@ def distill_cmd(
     false_neg: bool = typer.Option(True, "--false-neg/--no-false-neg", help="drop same-cluster negatives"),
     false_pos: bool = typer.Option(True, "--false-pos/--no-false-pos", help="drop structural positives that left their cluster"),
     bit_mask: bool = typer.Option(True, "--bit-mask/--no-bit-mask", help="mask inconsistent bits in structural terms"),
-    mask_rule: str = typer.Option("consistent", help="consistent (the method) or opposite (ablation)"),
-    augment: Optional[str] = typer.Option(None, help="photo, digits or none (default: the teacher's)"),
+    mask_rule: MaskRule = typer.Option("consistent", help="consistent (the method) or opposite (ablation)"),
+    augment: Optional[Augment] = typer.Option(None, help="augmentation recipe (default: the teacher's)"),
     epochs: int = typer.Option(400),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3),
@@ -184,13 +181,12 @@ def distill_cmd(
     from .threads import set_threads
 
     set_threads(threads)
-    _check_common(64, image_size or 224, augment, head, hidden)
     options = DistillOptions(
-        arch=arch, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone, method=method,
-        head=head, hidden=hidden,
+        arch=arch, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone, method=method.value,
+        head=head.value, hidden=hidden,
         alpha=alpha, margin=margin, clusters=_parse_clusters(clusters), max_clusters=max_clusters,
-        false_negatives=false_neg, false_positives=false_pos, bit_mask=bit_mask, mask_rule=mask_rule,
-        augment=augment, seed=seed, fit=_fit_options(epochs, batch_size, lr, patience, time_budget, seed, save_every),
+        false_negatives=false_neg, false_positives=false_pos, bit_mask=bit_mask, mask_rule=mask_rule.value,
+        augment=value_of(augment), seed=seed, fit=_fit(epochs, batch_size, lr, patience, time_budget, seed, save_every),
         weight=weight, feature_cache=feature_cache, cache_views=cache_views, cache_dir=cache_dir,
     )
     with _workers() as world:
@@ -204,7 +200,7 @@ def experiment_cmd(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="a teacher folder (one bit length) or a folder of <bits>/ teachers; omitted: trained here"),
     bits: str = typer.Option("16,32,64", help="comma list of code lengths"),
     seeds: int = typer.Option(3, help="student seeds 0..N-1 per cell"),
-    methods: str = typer.Option("all", help="all, baselines, ablations, or a comma list (none, brcd, kd, fitnet, rkd, pkt, sp, crd, brcd-no-fn, brcd-no-fp, brcd-no-mask, brcd-opposite-mask)"),
+    methods: str = typer.Option("all", help=_methods_help()),
     teacher_arch: str = typer.Option("vit_base_patch16_224", help="teachers trained here: timm model"),
     image_size: int = typer.Option(224, help="teachers trained here: input size (students use the teacher's)"),
     teacher_pretrained: str = typer.Option("auto", help="teachers trained here: auto, none, or a weights file"),
@@ -233,15 +229,14 @@ def experiment_cmd(
     from .threads import set_threads
 
     set_threads(threads)
-    _check_common(64, image_size, None, "mlp", hidden)
     bit_list = parse_bits(bits)
     options = ExperimentOptions(
         bits=bit_list, seeds=seeds, methods=parse_methods(methods), teacher=teacher,
         teacher_options=TeacherOptions(arch=teacher_arch, bits=bit_list[0], image_size=image_size, pretrained=teacher_pretrained,
-                                       fit=_fit_options(teacher_epochs, batch_size, 5e-4, patience, teacher_budget, 0)),
+                                       fit=_fit(teacher_epochs, batch_size, 5e-4, patience, teacher_budget, 0)),
         student=DistillOptions(arch=student_arch, pretrained=student_pretrained, freeze_backbone=freeze_student, hidden=hidden,
                                clusters=_parse_clusters(clusters), max_clusters=max_clusters, feature_cache=feature_cache, cache_views=cache_views,
-                               fit=_fit_options(epochs, batch_size, lr, patience, time_budget, 0)),
+                               fit=_fit(epochs, batch_size, lr, patience, time_budget, 0)),
         command="brcd " + " ".join(sys.argv[1:]),
     )
     summary = run_experiment(open_source(data), out, options, log=log)
@@ -273,8 +268,6 @@ def encode_cmd(
     from .threads import set_threads
 
     set_threads(threads)
-    if batch_size < 1:
-        raise BrcdError("--batch-size must be >= 1")
     with _workers() as world:
         if world.distributed:  # under torchrun: one shard per process, merged by rank 0
             result = encode_distributed(open_source(images), model, out, world, batch_size=batch_size, overwrite=force,
@@ -383,14 +376,12 @@ def bench_search_cmd(
     check_queries: int = typer.Option(4, "--check-queries", help="queries also checked against the numpy reference"),
     use_faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="measure faiss IndexBinaryFlat too"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    device: str = typer.Option("cpu", "--device", help="cpu (brcd vs faiss) or cuda (brcd's GPU kernels vs the torch reference)"),
+    device: Device = typer.Option("cpu", "--device", help="cpu (brcd vs faiss) or cuda (brcd's GPU kernels vs the torch reference)"),
 ) -> None:
     """Exact k-NN over random codes: brcd vs faiss IndexBinaryFlat (queries/s, speedup, exactness).
 
     With --device cuda: brcd's GPU kernels vs plain torch (xor + popcount + topk) on the GPU."""
-    if device not in ("cpu", "cuda"):
-        raise BrcdError(f"--device must be cpu or cuda, got {device!r}")
-    if device == "cuda":
+    if device.value == "cuda":
         from .bench.cuda import GpuSearchBenchConfig, format_search_report, run_gpu_search_bench
 
         gpu_report = run_gpu_search_bench(GpuSearchBenchConfig(bits=bits, n=n, queries=queries, k=k, repeats=repeats,
@@ -411,14 +402,12 @@ def bench_loss_kernel_cmd(
     bits: int = typer.Option(64, "--bits", help="code length L"),
     repeats: int = typer.Option(50, "--repeats", help="timed repeats (median)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64"),
-    device: str = typer.Option("cuda", "--device", help="only cuda: the fused kernels are GPU kernels"),
+    device: GpuDevice = typer.Option("cuda", "--device", help="only cuda: the fused kernels are GPU kernels"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Masked similarity of the BRCD loss, forward + backward: fused CUDA kernels vs the torch composite."""
     from .bench.cuda import LossBenchConfig, format_loss_report, run_loss_bench
 
-    if device != "cuda":
-        raise BrcdError(f"--device must be cuda for the loss-kernel benchmark, got {device!r}")
     report = run_loss_bench(LossBenchConfig(rows=rows, bits=bits, repeats=repeats, dtype=dtype))
     _print_report(report, format_loss_report, as_json)
 
@@ -433,7 +422,7 @@ def bench_distill_cache_cmd(
     student_arch: str = typer.Option("mobilenetv3_small_050"),
     pretrained: str = typer.Option("none", help="student weights: auto, none, or a file (its backbone is frozen either way)"),
     hidden: int = typer.Option(512),
-    method: str = typer.Option("brcd"),
+    method: Method = typer.Option("brcd", help=_method_help()),
     epochs: int = typer.Option(5, help="epochs of each side (no early stopping)"),
     seeds: int = typer.Option(1, help="seeds per side; means are reported"),
     cache_views: int = typer.Option(8),
@@ -451,7 +440,7 @@ def bench_distill_cache_cmd(
         out=out, teacher=teacher, epochs=epochs, seeds=seeds, views=cache_views,
         teacher_options=TeacherOptions(arch="resnet18", bits=bits, image_size=32, pretrained="none",
                                        fit=FitOptions(epochs=1000, patience=1000, time_budget=teacher_budget)),
-        student=DistillOptions(arch=student_arch, pretrained=pretrained, freeze_backbone=True, hidden=hidden, method=method),
+        student=DistillOptions(arch=student_arch, pretrained=pretrained, freeze_backbone=True, hidden=hidden, method=method.value),
     )
     report = run_cache_bench(open_source(data), config, log=log)
     _print_report(report, format_report, as_json)
@@ -501,8 +490,6 @@ def evaluate_cmd(
     from .training.common import default_top_k
 
     set_threads(threads)
-    if top_k is not None and top_k < 1:
-        raise BrcdError(f"--top-k must be positive, got {top_k}")
     source = open_source(data)
     t, _ = load_model(teacher)
     s = load_model(student)[0] if student is not None else None
@@ -526,8 +513,6 @@ def demo_cmd(
     from .threads import set_threads
 
     set_threads(threads)
-    if budget <= 0:
-        raise BrcdError("--budget must be positive")
     report = run_demo(out, budget=budget, log=log)
     if as_json:
         typer.echo(json.dumps(report))

@@ -19,6 +19,7 @@ from .data import digits_source, make_split, preload
 from .errors import BrcdError
 from .evaluation.protocol import evaluate_models
 from .models import HashModel
+from .options import positive
 from .models.checkpoint import atomic_write_json
 from .pipeline import encode_collection, search_image
 from .training import DistillOptions, FitOptions, TeacherOptions, distill, train_teacher
@@ -58,6 +59,7 @@ def _prepare(out: Path) -> None:
 
 def run_demo(out: Path, budget: float = 1.0, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Teacher, BRCD student, student alone, evaluation, encode and one search; returns the report."""
+    positive("budget", budget)
     out = Path(out)
     _prepare(out)
     t_start = time.monotonic()

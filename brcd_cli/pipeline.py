@@ -12,6 +12,7 @@ from .data import ImageSource, load_batch_tolerant, read_image_file, to_tensor
 from .encoding import packed_codes_of_images
 from .errors import BrcdError, DataError
 from .models import code_space_of, load_model
+from .options import positive
 from . import search
 from .search import Hit, check_compatible, open_collection
 from .search.mih import refresh_index
@@ -52,8 +53,7 @@ def encode_collection(
     from .codes.partial import PartialCodes, job_digest, write_skipped
 
     out = Path(out)
-    if batch_size < 1:
-        raise BrcdError(f"batch size must be >= 1, got {batch_size}")
+    positive("batch_size", batch_size)
     if out.is_dir():
         raise BrcdError(f"{out} is a folder; give a file name for the codes")
     model, fingerprint = load_model(model_dir)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import DataError
+from ..options import AUGMENT_RECIPES
 from .sources import ImageSource
 
-RECIPES = ("photo", "digits", "none")
+RECIPES = AUGMENT_RECIPES
 
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:

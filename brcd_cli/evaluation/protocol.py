@@ -15,6 +15,7 @@ from ..data import ImageSource, iter_batches, make_split
 from ..encoding import packed_codes_of_images
 from ..errors import BrcdError
 from ..models import HashModel
+from ..options import positive
 from .metrics import mean_average_precision, precision_within_radius
 
 
@@ -52,6 +53,7 @@ def evaluate_models(
 ) -> dict[str, float]:
     """Scores for teacher-teacher and, with a student, ASHP (student queries vs teacher database)
     and SSHP (student both sides); keys map_teacher, map_ashp, map_sshp and their variants."""
+    positive("top_k", top_k, optional=True)
     if not source.labelled:
         raise BrcdError(f"{source.name} has no labels, so retrieval cannot be scored")
     if student is not None and student.config.bits != teacher.config.bits:

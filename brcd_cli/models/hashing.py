@@ -14,10 +14,8 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import ModelError
-
-VALID_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
-HEADS = ("linear", "mlp")
+from ..errors import ModelError, OptionError
+from ..options import HEADS, IMAGE_SIZES, VALID_BITS, one_of, within
 
 
 @dataclass
@@ -60,14 +58,14 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.bits not in VALID_BITS:
-            raise ModelError(f"bits must be one of {', '.join(map(str, VALID_BITS))}, got {self.bits}")
-        if self.head not in HEADS:
-            raise ModelError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if not 8 <= self.image_size <= 1024:
-            raise ModelError(f"image size must be in 8..1024, got {self.image_size}")
-        if self.role not in ("teacher", "student"):
-            raise ModelError(f"role must be teacher or student, got {self.role!r}")
+        """The same rules as the training options; a config that breaks them is a damaged checkpoint (ModelError)."""
+        try:
+            one_of("bits", self.bits, VALID_BITS)
+            one_of("head", self.head, HEADS)
+            within("image size", self.image_size, *IMAGE_SIZES)
+            one_of("role", self.role, ("teacher", "student"))
+        except OptionError as exc:
+            raise ModelError(str(exc)) from None
 
 
 def create_backbone(arch: str, image_size: int) -> nn.Module:

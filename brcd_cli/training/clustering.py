@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-MASK_RULES = ("consistent", "opposite")
+from ..options import MASK_RULES
 
 
 @dataclass

@@ -29,13 +29,14 @@ from safetensors.numpy import save_file
 from .. import distributed
 from ..data import Augmenter, ImageSource, make_split, preload
 from ..encoding import codes_of_images
-from ..errors import BrcdError
+from ..errors import BrcdError, OptionError
 from ..kernels import pack_codes
 from ..losses import CIBHashLoss
 from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model
 from ..models.checkpoint import atomic_write_json
-from .clustering import MASK_RULES, ClusterResult, bit_consistency, bit_masks, cluster_codes
+from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
+from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
 from .common import Validator, build_model, check_resume, default_top_k, prepare_out_dir, read_run_record, write_run_record
 from .feature_cache import CachedValidator, FeatureCache, build_or_open, split_head, teacher_outputs
 from .loop import FitOptions, fit
@@ -79,22 +80,20 @@ class DistillOptions:
     n_queries: Optional[int] = None
     fit: FitOptions = field(default_factory=lambda: FitOptions(epochs=400, batch_size=64, lr=1e-3))
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         get_method(self.method)
-        if self.mask_rule not in MASK_RULES:
-            raise BrcdError(f"mask rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise BrcdError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not 0.0 <= self.margin <= 1.0:
-            raise BrcdError(f"margin must be in [0, 1], got {self.margin}")
-        if self.clusters is not None and self.clusters < 1:
-            raise BrcdError(f"clusters must be a positive number or auto, got {self.clusters}")
-        if self.weight is not None and self.weight < 0:
-            raise BrcdError(f"the distillation weight must be >= 0, got {self.weight}")
-        if self.kd_temperature <= 0:
-            raise BrcdError(f"the KD temperature must be positive, got {self.kd_temperature}")
+        check_model_options(64, self.image_size, self.head, self.hidden, self.augment)  # bits are the teacher's
+        one_of("mask_rule", self.mask_rule, MASK_RULES)
+        within("alpha", self.alpha, 0.0, 1.0)
+        within("margin", self.margin, 0.0, 1.0)
+        at_least("clusters", self.clusters, 1, optional=True)
+        at_least("max_clusters", self.max_clusters, 2)
+        at_least("weight", self.weight, 0, optional=True)
+        positive("kd_temperature", self.kd_temperature)
+        positive("tau", self.tau)
+        at_least("beta", self.beta, 0)
         if self.cache_views < 2:
-            raise BrcdError(f"--cache-views must be at least 2 (BRCD needs two views of each image), got {self.cache_views}")
+            raise OptionError("cache_views", f"must be at least 2 (BRCD needs two views of each image), got {self.cache_views}")
 
     @property
     def distill_method(self) -> Method:
@@ -211,7 +210,6 @@ def distill(
     log: Callable[[str], None] = print,
 ) -> TrainedModel:
     """Train a student against a saved teacher (or alone with method='none') and save it in ``out_dir``."""
-    options.validate()
     out_dir = Path(out_dir)
     teacher, teacher_fp = load_model(teacher_dir)
     teacher.requires_grad_(False).eval()

@@ -21,6 +21,7 @@ from .. import distributed
 from ..atomic import atomic_write
 from ..errors import BrcdError
 from ..models import HashModel
+from ..options import at_least, positive
 
 RESUME_FILE = "resume.pt"
 
@@ -37,6 +38,14 @@ class FitOptions:
     time_budget: Optional[float] = None  # seconds of training, None = no limit
     seed: int = 0
     save_every: float = 30.0  # seconds between resume-file writes
+
+    def __post_init__(self) -> None:
+        at_least("epochs", self.epochs, 1)
+        at_least("batch_size", self.batch_size, 2)
+        positive("lr", self.lr)
+        at_least("patience", self.patience, 1)
+        positive("time_budget", self.time_budget, optional=True)
+        at_least("save_every", self.save_every, 0)
 
 
 @dataclass

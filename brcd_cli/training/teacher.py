@@ -10,6 +10,7 @@ import torch
 from ..data import Augmenter, ImageSource, make_split, preload
 from ..losses import CIBHashLoss
 from ..models import HashModel, save_model
+from ..options import at_least, check_model_options, positive
 from .common import Validator, build_model, check_resume, default_top_k, prepare_out_dir, read_run_record, write_run_record
 from .loop import FitOptions, FitResult, fit
 
@@ -33,6 +34,11 @@ class TeacherOptions:
     n_train: int = 5000
     n_queries: Optional[int] = None
     fit: FitOptions = field(default_factory=lambda: FitOptions(epochs=200, batch_size=64, lr=5e-4))
+
+    def __post_init__(self) -> None:
+        check_model_options(self.bits, self.image_size, self.head, self.hidden, self.augment)
+        positive("tau", self.tau)
+        at_least("beta", self.beta, 0)
 
 
 @dataclass
