@@ -41,15 +41,24 @@ if Pybind11Extension is not None:
         Pybind11Extension(
             "brcd_cli._hamming_cpu",
             ["csrc/hamming_cpu.cpp"],
-            depends=["csrc/hamming_scan.h", "csrc/hamming_select.h"],
+            depends=["csrc/cpu_features.h", "csrc/hamming_scan.h", "csrc/hamming_select.h"],
             cxx_std=17,
             # No -march: the SIMD variants carry their own target attributes and
             # are chosen at run time, so one build runs on any x86-64 CPU.
             extra_compile_args=["-O3"],
         )
     )
-    # Multi-index hashing (hash-table lookup); its popcnt variant is chosen at run time too.
-    ext_modules.append(Pybind11Extension("brcd_cli._mih_cpu", ["csrc/mih.cpp"], cxx_std=17, extra_compile_args=["-O3"]))
+    # Multi-index hashing (hash-table lookup); its SIMD build is chosen at run time too, by the same
+    # header (CPU features and BRCD_SIMD) as the scan's.
+    ext_modules.append(
+        Pybind11Extension(
+            "brcd_cli._mih_cpu",
+            ["csrc/mih.cpp"],
+            depends=["csrc/cpu_features.h"],
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        )
+    )
 else:
     print("brcd: pybind11 missing at build time; native CPU kernels skipped", file=sys.stderr)
 

@@ -12,7 +12,8 @@
 //     about 256 KiB that stay in L2 while a block of queries scans them;
 //   * a tile is scanned by one of the instruction-set variants of
 //     hamming_scan.h, chosen at run time from the CPU's features (override
-//     with the environment variable BRCD_SIMD=avx512|avx2|popcnt|scalar);
+//     with the environment variable BRCD_SIMD=avx512|avx2|popcnt|scalar, read
+//     by cpu_features.h, which the hash-table lookup shares);
 //   * k-NN and range search stream (distance, index) pairs into an exact
 //     Selector (hamming_select.h): a threshold over integer distances rejects
 //     almost every code with one compare, and ties go to the smaller index;
@@ -25,7 +26,6 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -158,7 +158,7 @@ using MaskedFn = void (*)(const Packed&, const Packed&, const Packed&, const uin
 using PopcountsFn = void (*)(const Packed&, uint32_t*);
 
 struct OpTable {
-    const char* name;
+    brcd::Simd level;
     SelectFn select;
     DistancesFn distances;
     MaskedFn masked;
@@ -189,7 +189,8 @@ struct OpTable {
         masked_range<POP>(a, b, m, w, o, q0, q1);                                                                 \
     }                                                                                                             \
     ATTR void popcounts_##SUFFIX(const Packed& a, uint32_t* o) { popcount_rows<POP>(a, o); }                      \
-    const OpTable kOps_##SUFFIX = {#SUFFIX, select_##SUFFIX, distances_##SUFFIX, masked_##SUFFIX, popcounts_##SUFFIX};
+    const OpTable kOps_##SUFFIX = {brcd::Simd::SUFFIX, select_##SUFFIX, distances_##SUFFIX, masked_##SUFFIX,       \
+                                   popcounts_##SUFFIX};
 
 #define BRCD_NO_ATTR
 #define BRCD_SEL_PORTABLE(NW) brcd::scalar_select<brcd::PopPortable, NW>(t, nw, q, s)
@@ -208,27 +209,6 @@ BRCD_DEFINE_VARIANT(avx2, BRCD_TARGET_AVX2, brcd::PopHardware, BRCD_SEL_AVX2, BR
 BRCD_DEFINE_VARIANT(avx512, BRCD_TARGET_AVX512, brcd::PopHardware, BRCD_SEL_AVX512, BRCD_DIST_AVX512)
 #endif
 
-struct CpuFeatures {
-    bool popcnt = false, avx2 = false, avx512 = false;
-};
-
-CpuFeatures detect_cpu() {
-    CpuFeatures f;
-#if BRCD_SIMD_VARIANTS
-    __builtin_cpu_init();
-    f.popcnt = __builtin_cpu_supports("popcnt") != 0;
-    f.avx2 = f.popcnt && __builtin_cpu_supports("avx2") != 0;
-    f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vpopcntdq");
-#endif
-    return f;
-}
-
-const CpuFeatures& cpu() {
-    static const CpuFeatures f = detect_cpu();
-    return f;
-}
-
 // Every variant compiled into this build, fastest first.
 std::vector<const OpTable*> compiled_ops() {
     std::vector<const OpTable*> v;
@@ -239,49 +219,23 @@ std::vector<const OpTable*> compiled_ops() {
     return v;
 }
 
-bool supported(const OpTable* t) {
-#if BRCD_SIMD_VARIANTS
-    if (t == &kOps_avx512) return cpu().avx512;
-    if (t == &kOps_avx2) return cpu().avx2;
-    if (t == &kOps_popcnt) return cpu().popcnt;
-#endif
-    return t == &kOps_scalar;
-}
-
-const OpTable* best_ops() {
+// The variant of a level (cpu_features.h says which levels this CPU can run);
+// every level has one where the SIMD variants are compiled, only scalar otherwise.
+const OpTable* ops_for(brcd::Simd level) {
     for (const OpTable* t : compiled_ops())
-        if (supported(t)) return t;
+        if (t->level == level) return t;
     return &kOps_scalar;
 }
 
-const char* const kSimdEnv = "BRCD_SIMD";
+const char* name_of(const OpTable* t) { return brcd::simd_name(t->level); }
 
-// Resolves a path name ("auto" or a variant) to a table; throws for an unknown
-// name or a variant this CPU cannot run.
-const OpTable* resolve_ops(const std::string& name, const char* source) {
-    if (name.empty() || name == "auto") return best_ops();
-    for (const OpTable* t : compiled_ops()) {
-        if (name == t->name) {
-            if (!supported(t)) {
-                throw py::value_error(std::string("SIMD path '") + name + "' (from " + source +
-                                      ") needs instructions this CPU lacks");
-            }
-            return t;
-        }
-    }
-    std::string names;
-    for (const OpTable* t : compiled_ops()) names += std::string(names.empty() ? "" : ", ") + t->name;
-    throw py::value_error(std::string("unknown SIMD path '") + name + "' (from " + source + "); use auto, " + names);
-}
-
-// Set by the testing hook; otherwise the environment variable decides on every
-// call, so a user can switch paths without restarting the process.
+// Set by the testing hook; otherwise BRCD_SIMD decides on every call, so a
+// user can switch paths without restarting the process.
 std::atomic<const OpTable*> g_forced{nullptr};
 
 const OpTable& ops() {
     if (const OpTable* t = g_forced.load(std::memory_order_acquire)) return *t;
-    const char* env = std::getenv(kSimdEnv);
-    return *resolve_ops(env ? std::string(env) : std::string(), "environment variable BRCD_SIMD");
+    return *ops_for(brcd::simd_from_env());
 }
 
 // ---------------------------------------------------------------------------
@@ -634,18 +588,18 @@ py::dict py_cpu_features() {
 #else
     d["arch"] = "other";
 #endif
-    d["cpu_popcnt"] = cpu().popcnt;
-    d["cpu_avx2"] = cpu().avx2;
-    d["cpu_avx512_vpopcntdq"] = cpu().avx512;
+    d["cpu_popcnt"] = brcd::cpu().popcnt;
+    d["cpu_avx2"] = brcd::cpu().avx2;
+    d["cpu_avx512_vpopcntdq"] = brcd::cpu().avx512;
     py::list compiled, usable;
     for (const OpTable* t : compiled_ops()) {
-        compiled.append(t->name);
-        if (supported(t)) usable.append(t->name);
+        compiled.append(name_of(t));
+        if (brcd::cpu_supports(t->level)) usable.append(name_of(t));
     }
     d["simd_paths_compiled"] = compiled;
     d["simd_paths_supported"] = usable;
-    d["simd_path"] = ops().name;
-    d["simd_env"] = kSimdEnv;
+    d["simd_path"] = brcd::simd_report([] { return std::string(name_of(&ops())); });
+    d["simd_env"] = brcd::kSimdEnv;
     d["default_threads"] = default_threads();
     d["api_version"] = kApiVersion;
     return d;
@@ -653,12 +607,8 @@ py::dict py_cpu_features() {
 
 // Test hook: force one variant ("auto" returns to the environment/CPU choice).
 std::string py_set_simd_path(const std::string& name) {
-    const std::string previous = ops().name;
-    if (name == "auto") {
-        g_forced.store(nullptr);
-    } else {
-        g_forced.store(resolve_ops(name, "_set_simd_path"));
-    }
+    const std::string previous = name_of(&ops());
+    g_forced.store(name == "auto" ? nullptr : ops_for(brcd::parse_simd(name, "_set_simd_path")));
     return previous;
 }
 

@@ -7,9 +7,9 @@
 // (1, 2, 4 for 64/128/256-bit codes; 16- and 32-bit codes are zero-padded to
 // one word), or 0 for "read nw at run time" (any other width).
 //
-// The variants are compiled from the same source with different target
-// attributes and chosen at run time (hamming_cpu.cpp), so the binary runs on
-// any x86-64 CPU and uses AVX-512 VPOPCNTDQ only where the CPU has it.
+// The variants are compiled from the same source with the target attributes
+// of cpu_features.h and chosen at run time (hamming_cpu.cpp), so the binary
+// runs on any x86-64 CPU and uses AVX-512 VPOPCNTDQ only where the CPU has it.
 //   avx512: 8 codes per register, VPOPCNTQ, compare into a mask register.
 //   avx2:   4 codes per register, popcount by nibble lookup (VPSHUFB) and
 //           VPSADBW, compare and movemask.
@@ -17,23 +17,8 @@
 //           branch-free bit count (baseline x86-64, or other architectures).
 #pragma once
 
+#include "cpu_features.h"  // BRCD_X86_64, BRCD_SIMD_VARIANTS and the target attribute of each level
 #include "hamming_select.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define BRCD_X86_64 1
-#include <immintrin.h>
-#else
-#define BRCD_X86_64 0
-#endif
-
-#if BRCD_X86_64 && (defined(__GNUC__) || defined(__clang__))
-#define BRCD_SIMD_VARIANTS 1
-#define BRCD_TARGET_POPCNT __attribute__((target("popcnt")))
-#define BRCD_TARGET_AVX2 __attribute__((target("avx2,popcnt,bmi,bmi2")))
-#define BRCD_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,avx2,popcnt,bmi,bmi2")))
-#else
-#define BRCD_SIMD_VARIANTS 0
-#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define BRCD_UNLIKELY(x) __builtin_expect(!!(x), 0)

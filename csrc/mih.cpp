@@ -35,23 +35,23 @@
 // guaranteed radius, and returns the k smallest by (distance, index).
 //
 // The bucket scan (the candidate check: xor, popcount of the code and of each
-// substring) is compiled three times through target attributes: portable,
-// with the popcnt instruction, and for AVX-512 VPOPCNTDQ (64-bit codes, 32 per
-// step as vector popcounts compared into a bit mask of hits). The best
-// one the CPU has is chosen at run time; BRCD_SIMD=scalar|popcnt|avx2|avx512
-// caps it, as it does for the scan kernels. No -march flag is needed, so one
-// build runs on any x86-64 CPU and on other architectures (portable only).
+// substring) is compiled three times through the target attributes of
+// cpu_features.h: portable, with the popcnt instruction, and for AVX-512
+// VPOPCNTDQ (64-bit codes, 32 per step as vector popcounts compared into a bit
+// mask of hits). The best one the CPU has runs; BRCD_SIMD=scalar|popcnt|avx2|avx512
+// chooses, read and checked by cpu_features.h exactly as for the scan kernels
+// (there is no avx2 build here, so avx2 runs the popcnt one). No -march flag is
+// needed, so one build runs on any x86-64 CPU and on other architectures
+// (portable only).
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include "cpu_features.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -65,14 +65,6 @@ namespace py = pybind11;
 static constexpr int kApiVersion = 1;
 static constexpr int kMaxWords = 8;  // codes up to 512 bits
 
-#if defined(__x86_64__) || defined(__i386__)
-#define BRCD_MIH_X86 1
-#define BRCD_TARGET_POPCNT __attribute__((target("popcnt")))
-#define BRCD_TARGET_AVX512 __attribute__((target("popcnt,avx2,avx512f,avx512vl,avx512bw,avx512vpopcntdq")))
-#else
-#define BRCD_MIH_X86 0
-#define BRCD_TARGET_POPCNT
-#endif
 #define BRCD_INLINE inline __attribute__((always_inline))
 // Lambdas on the hot path must be inlined into the target-specific entry
 // points too: a lambda body compiled on its own would get the default target
@@ -339,7 +331,7 @@ struct Scan64 {
     }
 };
 
-#if BRCD_MIH_X86
+#if BRCD_SIMD_VARIANTS
 // The AVX-512 build of Scan64: 32 codes per step as four vector loads,
 // popcounts and compares into one bit mask of hits; hits are rare (the limit
 // is the current k-th distance or the radius), so they are re-read one by one
@@ -406,7 +398,7 @@ struct Scan64Avx512 {
     };
 BRCD_DEFINE_TARGET(TargetScalar, )
 BRCD_DEFINE_TARGET(TargetPopcnt, BRCD_TARGET_POPCNT)
-#if BRCD_MIH_X86
+#if BRCD_SIMD_VARIANTS
 BRCD_DEFINE_TARGET(TargetAvx512, BRCD_TARGET_AVX512)
 #endif
 
@@ -545,24 +537,33 @@ void parallel_queries(size_t nq, int threads, F&& work) {
 
 using Results = std::vector<std::vector<uint64_t>>;
 
-// Which build of the candidate check runs (see use_path()).
-enum class Path { scalar, popcnt, avx512 };
+using brcd::Simd;
+
+// The levels of cpu_features.h this module has a build of the candidate check for, fastest first.
+#if BRCD_SIMD_VARIANTS
+constexpr std::initializer_list<Simd> kBuilt = {Simd::avx512, Simd::popcnt, Simd::scalar};
+#else
+constexpr std::initializer_list<Simd> kBuilt = {Simd::scalar};
+#endif
+
+// The build of the candidate check to run: the best one at or below the level BRCD_SIMD (or the CPU) chooses.
+Simd use_path() { return brcd::cap_to(brcd::simd_from_env(), kBuilt); }
 
 // Call body(Scan{}, Target{}) with the build that `path` and the code width select.
 template <class Load, class Body>
-void with_build(const IndexView& ix, Path path, Body&& body) {
-#if BRCD_MIH_X86
-    if (path == Path::avx512 && ix.nb == 8) return body(Scan64Avx512{}, TargetAvx512{});
+void with_build(const IndexView& ix, Simd path, Body&& body) {
+#if BRCD_SIMD_VARIANTS
+    if (path == Simd::avx512 && ix.nb == 8) return body(Scan64Avx512{}, TargetAvx512{});
 #endif
-    if (path != Path::scalar && ix.nb == 8) return body(Scan64{}, TargetPopcnt{});
-    if (path != Path::scalar) return body(ScalarScan<Load>{}, TargetPopcnt{});
+    if (path != Simd::scalar && ix.nb == 8) return body(Scan64{}, TargetPopcnt{});
+    if (path != Simd::scalar) return body(ScalarScan<Load>{}, TargetPopcnt{});
     body(ScalarScan<Load>{}, TargetScalar{});
 }
 
 // Every query through `search(scan, target, q, out)`, with the build that
 // `path` selects, the queries split over threads.
 template <class Load, class Search>
-void batch(const IndexView& ix, const Query& qs, size_t nq, int threads, Results& res, Path path, Search&& search) {
+void batch(const IndexView& ix, const Query& qs, size_t nq, int threads, Results& res, Simd path, Search&& search) {
     parallel_queries(nq, threads, [&](size_t lo, size_t hi) {
         with_build<Load>(ix, path, [&](auto scan, auto target) {
             uint64_t q[kMaxWords];
@@ -575,52 +576,17 @@ void batch(const IndexView& ix, const Query& qs, size_t nq, int threads, Results
 }
 
 template <class Load>
-void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Path path) {
+void radius_batch(const IndexView& ix, const Query& qs, size_t nq, uint32_t r, int threads, Results& res, Simd path) {
     batch<Load>(ix, qs, nq, threads, res, path, [&](auto scan, auto target, const uint64_t* q, std::vector<uint64_t>& out) {
         radius_one<decltype(scan), decltype(target)>(ix, q, r, out);
     });
 }
 
 template <class Load>
-void knn_batch(const IndexView& ix, const Query& qs, size_t nq, size_t k, int threads, Results& res, Path path) {
+void knn_batch(const IndexView& ix, const Query& qs, size_t nq, size_t k, int threads, Results& res, Simd path) {
     batch<Load>(ix, qs, nq, threads, res, path, [&](auto scan, auto target, const uint64_t* q, std::vector<uint64_t>& out) {
         knn_one<decltype(scan), decltype(target)>(ix, q, k, out);
     });
-}
-
-bool cpu_has_popcnt() {
-#if BRCD_MIH_X86
-    return __builtin_cpu_supports("popcnt") != 0;
-#else
-    return false;
-#endif
-}
-
-bool cpu_has_avx512() {
-#if BRCD_MIH_X86
-    return cpu_has_popcnt() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vpopcntdq");
-#else
-    return false;
-#endif
-}
-
-// The build of the candidate check to run: the best the CPU has, capped by
-// BRCD_SIMD (scalar, popcnt or avx2 -> popcnt, avx512), the variable the scan kernels honour too.
-Path use_path() {
-    const char* env = std::getenv("BRCD_SIMD");
-    const std::string cap = env ? std::string(env) : std::string();
-    if (cap == "scalar" || !cpu_has_popcnt()) return Path::scalar;
-    if (cap == "popcnt" || cap == "avx2" || !cpu_has_avx512()) return Path::popcnt;
-    return Path::avx512;
-}
-
-const char* path_name(Path p) {
-    switch (p) {
-        case Path::avx512: return "avx512";
-        case Path::popcnt: return "popcnt";
-        default: return "scalar";
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -869,24 +835,27 @@ class MultiIndex {
         return Query{queries.data(), view_.nb, view_.nw};
     }
 
-    void run_radius(const Query& q, size_t nq, uint32_t r, int threads, Results& res) const {
-        const Path pc = use_path();
+    // Calls run(load, path) with the code loader for this index's width (a constant word count for 64-, 128-
+    // and 256-bit codes) and the build BRCD_SIMD chooses, read once per call.
+    template <class Run>
+    void with_loader(Run&& run) const {
+        const Simd path = use_path();
         switch (view_.nb) {
-            case 8: return radius_batch<FixedLoad<1>>(view_, q, nq, r, threads, res, pc);
-            case 16: return radius_batch<FixedLoad<2>>(view_, q, nq, r, threads, res, pc);
-            case 32: return radius_batch<FixedLoad<4>>(view_, q, nq, r, threads, res, pc);
-            default: return radius_batch<AnyLoad>(view_, q, nq, r, threads, res, pc);
+            case 8: return run(FixedLoad<1>{}, path);
+            case 16: return run(FixedLoad<2>{}, path);
+            case 32: return run(FixedLoad<4>{}, path);
+            default: return run(AnyLoad{}, path);
         }
     }
 
+    void run_radius(const Query& q, size_t nq, uint32_t r, int threads, Results& res) const {
+        with_loader([&](auto load, Simd path) {
+            radius_batch<decltype(load)>(view_, q, nq, r, threads, res, path);
+        });
+    }
+
     void run_knn(const Query& q, size_t nq, size_t k, int threads, Results& res) const {
-        const Path pc = use_path();
-        switch (view_.nb) {
-            case 8: return knn_batch<FixedLoad<1>>(view_, q, nq, k, threads, res, pc);
-            case 16: return knn_batch<FixedLoad<2>>(view_, q, nq, k, threads, res, pc);
-            case 32: return knn_batch<FixedLoad<4>>(view_, q, nq, k, threads, res, pc);
-            default: return knn_batch<AnyLoad>(view_, q, nq, k, threads, res, pc);
-        }
+        with_loader([&](auto load, Simd path) { knn_batch<decltype(load)>(view_, q, nq, k, threads, res, path); });
     }
 };
 
@@ -899,9 +868,17 @@ PYBIND11_MODULE(_mih_cpu, mod) {
             "One (keys or None, offsets, ids, codes in bucket order) CSR table per (start, width) substring.");
     mod.def("cpu_features", []() {
         py::dict d;
-        d["cpu_popcnt"] = cpu_has_popcnt();
-        d["cpu_avx512_vpopcntdq"] = cpu_has_avx512();
-        d["path"] = path_name(use_path());
+        d["cpu_popcnt"] = brcd::cpu().popcnt;
+        d["cpu_avx2"] = brcd::cpu().avx2;
+        d["cpu_avx512_vpopcntdq"] = brcd::cpu().avx512;
+        py::list built, usable;
+        for (Simd s : kBuilt) {
+            built.append(brcd::simd_name(s));
+            if (brcd::cpu_supports(s)) usable.append(brcd::simd_name(s));
+        }
+        d["paths_compiled"] = built;
+        d["paths_supported"] = usable;
+        d["path"] = brcd::simd_report([] { return std::string(brcd::simd_name(use_path())); });
         return d;
     });
     py::class_<MultiIndex>(mod, "MultiIndex")

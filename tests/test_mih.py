@@ -86,9 +86,16 @@ def test_native_larger_radii_threads_and_sorted_tables(kind: str) -> None:
 
 
 @pytest.mark.skipif(not NATIVE, reason="native lookup extension not built")
-@pytest.mark.parametrize("simd", ["scalar", "popcnt", "avx512"])
-def test_every_cpu_path_agrees(simd: str, monkeypatch) -> None:
+@pytest.mark.parametrize("simd, build", [("scalar", "scalar"), ("popcnt", "popcnt"), ("avx2", "popcnt"),
+                                         ("avx512", "avx512")])
+def test_every_cpu_path_agrees(simd: str, build: str, monkeypatch) -> None:
+    """Each BRCD_SIMD level runs its build of the candidate check (avx2: the popcnt one) with the scan's results."""
+    cpu = mih.native_features()
+    runs = {"scalar": True, "popcnt": cpu["cpu_popcnt"], "avx2": cpu["cpu_avx2"], "avx512": cpu["cpu_avx512_vpopcntdq"]}
+    if not runs[simd]:
+        pytest.skip(f"this CPU cannot run {simd}")
     monkeypatch.setenv("BRCD_SIMD", simd)
+    assert mih.native_features()["path"] == build
     db = dataset("clustered", 2000, 64, seed=11)
     q = queries_for(db, seed=11)
     index = mih.MultiIndex(64, mih.build_tables(db, backend="native"), backend="native")
