@@ -59,25 +59,35 @@ def packed_pair(queries: Any, database: Any) -> tuple[np.ndarray, np.ndarray]:
     """Check that queries and database are packed codes of one bit length."""
     q = packed_codes(queries, "queries")
     db = packed_codes(database, "database")
-    if q.shape[1] != db.shape[1]:
-        raise ValueError(
-            f"queries have {q.shape[1]} bytes per code ({8 * q.shape[1]} bits) but the database has "
-            f"{db.shape[1]} bytes per code ({8 * db.shape[1]} bits); both must use the same code length"
-        )
-    if q.shape[1] == 0:
-        raise ValueError("codes have 0 bytes (0 bits); packed codes need at least 8 bits")
+    check_code_widths(q.shape[1], db.shape[1])
     return q, db
+
+
+def check_code_widths(query_bytes: int, database_bytes: int) -> None:
+    """Queries and database must have one code length of at least 8 bits (numpy and CUDA inputs alike)."""
+    if query_bytes != database_bytes:
+        raise ValueError(
+            f"queries have {query_bytes} bytes per code ({8 * query_bytes} bits) but the database has "
+            f"{database_bytes} bytes per code ({8 * database_bytes} bits); both must use the same code length"
+        )
+    if query_bytes == 0:
+        raise ValueError("codes have 0 bytes (0 bits); packed codes need at least 8 bits")
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int, refused (naming ``name``) unless it is an integer >= 1; floats are refused, not rounded."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {n}")
+    return int(n)
 
 
 def check_k(k: Any) -> int:
     """k must be a positive integer; it is later clipped to the database size."""
-    try:
-        kk = operator.index(k)
-    except TypeError:
-        raise ValueError(f"k must be a positive integer, got {k!r}") from None
-    if kk <= 0:
-        raise ValueError(f"k must be a positive integer, got {kk}")
-    return int(kk)
+    return positive_int(k, "k")
 
 
 def check_radius(radius: Any, n_bits: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._checks import check_packed_layout, mask_layout
+from ._checks import check_code_widths, check_packed_layout, mask_layout
 
 if TYPE_CHECKING:
     import torch
@@ -43,13 +43,7 @@ def packed_pair(queries: Any, database: Any) -> "tuple[torch.Tensor, torch.Tenso
     db = packed_codes(database, "database")
     if q.device != db.device:
         raise ValueError(f"queries are on {q.device} but the database is on {db.device}; put both on one device")
-    if q.shape[1] != db.shape[1]:
-        raise ValueError(
-            f"queries have {q.shape[1]} bytes per code ({8 * q.shape[1]} bits) but the database has "
-            f"{db.shape[1]} bytes per code ({8 * db.shape[1]} bits); both must use the same code length"
-        )
-    if q.shape[1] == 0:
-        raise ValueError("codes have 0 bytes (0 bits); packed codes need at least 8 bits")
+    check_code_widths(q.shape[1], db.shape[1])
     return q, db
 
 
