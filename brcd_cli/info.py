@@ -1,9 +1,17 @@
-"""What ``brcd info`` reports: versions, kernel backends and the one that runs."""
+"""What ``brcd info`` reports: versions, kernel backends and the one that runs.
+
+A forced backend that is unknown or missing, or a bad BRCD_SIMD, shows up as
+the reason in the report instead of failing it: `brcd info` is where a user
+looks when a backend variable is wrong.
+"""
 from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .kernels._registry import BackendRegistry
 
 
 def collect_info() -> dict[str, Any]:
@@ -12,6 +20,7 @@ def collect_info() -> dict[str, Any]:
     import torch
 
     from . import __version__, kernels
+    from .kernels import dispatch
 
     return {
         "brcd": __version__,
@@ -23,14 +32,15 @@ def collect_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cuda_available": bool(torch.cuda.is_available()),
         "kernel_backends": kernels.available_backends(),
-        "kernel_backend_in_use": kernels.active_backend(),
+        "kernel_backend_in_use": _active(dispatch.REGISTRY),
         **_simd_info(),
         **_gpu_info(),
+        **_registry_info(),
     }
 
 
 def _simd_info() -> dict[str, Any]:
-    """The instruction set the native scan and the hash-table lookup run with (BRCD_SIMD caps it)."""
+    """The instruction set the native scan and the hash-table lookup run with (BRCD_SIMD chooses it)."""
     from . import kernels
     from .kernels import mih
 
@@ -46,10 +56,36 @@ def _gpu_info() -> dict[str, Any]:
     """GPU backends for CUDA tensors (extension > CuPy > torch), the one that would run, and the loss op's kernels."""
     from .kernels import cuda
 
-    backends = cuda.available_gpu_backends()
-    in_use = cuda.active_gpu_backend()
+    blocked = cuda.REGISTRY.blocked()
     return {
-        "gpu_backends": backends,
-        "gpu_backend_in_use": in_use if in_use is not None else "none (no CUDA device visible)",
-        "gpu_masked_similarity": cuda.register_cuda_kernels() if in_use is not None else "not registered (no CUDA device visible)",
+        "gpu_backends": cuda.available_gpu_backends(),
+        "gpu_backend_in_use": _active(cuda.REGISTRY),
+        "gpu_masked_similarity": cuda.register_cuda_kernels() if blocked is None else f"not registered ({blocked})",
+    }
+
+
+def _registry_info() -> dict[str, dict[str, str]]:
+    """Each backend registry as it stands: preference order, the variable that forces one, every backend, the active one."""
+    from .kernels import cuda, dispatch, mih
+
+    registries = {"cpu_dispatch": dispatch.REGISTRY, "gpu_dispatch": cuda.REGISTRY, "lookup_dispatch": mih.REGISTRY}
+    return {key: _describe(registry) for key, registry in registries.items()}
+
+
+def _active(registry: BackendRegistry) -> str:
+    """The backend that would run now, or "none (<why>)"."""
+    try:
+        active = registry.active()
+    except (ValueError, RuntimeError) as exc:  # a forced backend that is unknown or cannot load
+        return f"none ({exc})"
+    return active if active is not None else f"none ({registry.blocked()})"
+
+
+def _describe(registry: BackendRegistry) -> dict[str, str]:
+    """One flat mapping (order, env_var, one entry per backend, active), so the text output stays one level deep."""
+    return {
+        "order": " > ".join(registry.names),
+        "env_var": f"{registry.env_var}={os.environ.get(registry.env_var, '') or 'auto'}",
+        **registry.available(),
+        "active": _active(registry),
     }

@@ -1,12 +1,15 @@
 """Load an optional backend once, thread-safely, keeping it or the one-line reason it cannot be used.
 
-The CPU dispatcher (native, numba, reference) and the GPU one (CUDA
-extension, CuPy, torch) both probe backends lazily and report why one is
-missing (`brcd info`); this is that step, written once.
+Every backend registry (kernels/_registry.py) probes its backends lazily and
+reports why one is missing (`brcd info`), and the loss op registers itself the
+same way; this is that step, written once, with the version check every
+compiled extension gets.
 """
 from __future__ import annotations
 
+import importlib
 import threading
+from types import ModuleType
 from typing import Any, Callable, Union
 
 
@@ -30,3 +33,15 @@ def load_once(name: str, loader: Callable[[], Any], loaded: dict[str, Any], stat
         else:
             loaded[name] = result
             status[name] = "available"
+
+
+def import_extension(module: str, api_version: int) -> ModuleType:
+    """Import a compiled extension, refusing a stale build left by an older checkout instead of half-running it."""
+    mod = importlib.import_module(module)
+    found = getattr(mod, "API_VERSION", None)
+    if found != api_version:
+        raise ImportError(
+            f"{module} is a stale build (API {found}, need {api_version}); "
+            "rebuild with `pip install -e . --no-build-isolation`"
+        )
+    return mod

@@ -8,35 +8,37 @@ Three backends serve CUDA tensors, in order of preference:
 - "torch": plain torch (xor + popcount + topk, kernels/torch_reference_gpu.py).
 
 BRCD_GPU_BACKEND=cuda|cupy|torch forces one (auto, the default, takes the first
-that loads). The first two run the same kernels with launches planned here
+that loads); they form a backend registry (kernels/_registry.py) like the CPU
+and lookup dispatch, whose precondition is a visible CUDA device. The first two run the same kernels with launches planned here
 once (``_Plan*`` helpers below), so they cannot drift apart; results are exact
 and ordered like the CPU backends: (distance, index) for k-NN and each radius
 hit list. Results stay on the GPU as torch tensors.
 
 The dense masked similarity of the BRCD loss is the torch op
-``brcd::masked_similarity`` (kernels/dense_ops.py). :func:`register_cuda_kernels`
-attaches the fused CUDA forward to its CUDA dispatch key and a forward +
-backward pair of kernels to its AutogradCUDA key; without a GPU backend the
-op's own torch implementation keeps running on CUDA tensors.
+``brcd::masked_similarity`` (defined in kernels/masked_op.py, called through
+kernels/dense_ops.py, which imports this module and not the other way round).
+:func:`register_cuda_kernels` attaches the fused CUDA forward to its CUDA
+dispatch key and a forward + backward pair of kernels to its AutogradCUDA key;
+without a GPU backend the op's own torch implementation keeps running on CUDA
+tensors.
 """
 from __future__ import annotations
 
-import importlib
-import os
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import _checks, gpu_inputs
+from . import _checks, gpu_inputs, masked_op, reference
 from . import torch_reference_gpu as torch_ref
-from ._loading import load_once
+from ._loading import import_extension
+from ._registry import BackendRegistry
 
 if TYPE_CHECKING:
     import torch
 
 ENV_VAR = "BRCD_GPU_BACKEND"
-GPU_BACKENDS: tuple[str, ...] = ("cuda", "cupy", "torch")  # order of preference
 EXTENSION = "brcd_cli._hamming_cuda"
 _EXTENSION_API_VERSION = 1
+DENSE_BACKENDS: tuple[str, ...] = ("cuda", "cupy")  # the ones with fused kernels for the loss op
 
 WARPS = 8
 THREADS = 32 * WARPS
@@ -45,31 +47,20 @@ SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a launch may take wit
 MAX_GRID_Y = 65535
 CANDIDATE_BUDGET = 1 << 30  # bytes of per-chunk k-NN candidates held at once
 
-_lock = threading.RLock()  # re-entered by register_cuda_kernels
-_launchers: dict[str, Any] = {}
-_status: dict[str, str] = {}
-
 
 # --------------------------------------------------------------------------- backends
 
 
-def _device_count() -> int:
+def _no_device() -> Optional[str]:
+    """Why no GPU backend can run: no visible CUDA device (or a torch without CUDA), else None."""
     try:
         import torch
 
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return None
     except Exception:  # noqa: BLE001 - a torch without CUDA support
-        return 0
-
-
-def _load_extension() -> Any:
-    mod = importlib.import_module(EXTENSION)
-    if getattr(mod, "API_VERSION", None) != _EXTENSION_API_VERSION:
-        raise ImportError(
-            f"{EXTENSION} is a stale build (API {getattr(mod, 'API_VERSION', None)}, need "
-            f"{_EXTENSION_API_VERSION}); rebuild with `pip install -e . --no-build-isolation`"
-        )
-    return mod
+        pass
+    return "no CUDA device visible"
 
 
 def _load_cupy() -> Any:
@@ -86,71 +77,28 @@ def _load_torch() -> Any:
     return torch_ref
 
 
-_LOADERS = {"cuda": _load_extension, "cupy": _load_cupy, "torch": _load_torch}
-
-
-def _load(name: str) -> None:
-    """Load one backend's launcher once, recording it or a one-line reason."""
-    load_once(name, _LOADERS[name], _launchers, _status, _lock)
+REGISTRY = BackendRegistry(
+    "GPU",
+    ENV_VAR,
+    {"cuda": lambda: import_extension(EXTENSION, _EXTENSION_API_VERSION), "cupy": _load_cupy, "torch": _load_torch},
+    precondition=_no_device,
+)
+GPU_BACKENDS: tuple[str, ...] = REGISTRY.names
 
 
 def available_gpu_backends() -> dict[str, str]:
     """GPU backend -> "available" or why it cannot run, in order of preference.
 
-    Without a visible CUDA device nothing can run, whatever is installed; the
-    reason then says what is installed, so `brcd info` can tell the two apart.
+    Without a visible CUDA device nothing can run, whatever is installed; each
+    entry then says so first and whether the backend itself loaded, so `brcd
+    info` can tell the two apart.
     """
-    n_dev = _device_count()
-    out = {}
-    for name in GPU_BACKENDS:
-        if name == "cuda":
-            _load(name)
-            state = "built" if name in _launchers else f"not built ({_status[name]})"
-        elif name == "cupy":
-            try:
-                importlib.import_module("cupy")
-                state = "installed"
-            except Exception as exc:  # noqa: BLE001
-                state = f"not installed ({type(exc).__name__})"
-        else:
-            state = "always installed"
-        if n_dev == 0:
-            out[name] = f"no CUDA device visible; {state}"
-        elif name == "cupy" and state == "installed":
-            _load(name)
-            out[name] = _status[name]
-        elif name == "cuda":
-            out[name] = "available" if name in _launchers else state
-        else:
-            out[name] = "available" if state in ("installed", "always installed") else state
-    return out
-
-
-def _select(backend: Optional[str]) -> tuple[str, Any]:
-    requested = (backend if backend is not None else os.environ.get(ENV_VAR, "")).strip().lower()
-    if requested in ("", "auto"):
-        for name in GPU_BACKENDS:
-            _load(name)
-            if name in _launchers:
-                return name, _launchers[name]
-        raise RuntimeError(f"no GPU backend could be loaded: {_status}")  # pragma: no cover - torch always loads
-    source = "backend argument" if backend is not None else f"environment variable {ENV_VAR}"
-    if requested not in GPU_BACKENDS:
-        raise ValueError(
-            f"unknown GPU backend {requested!r} (from the {source}); choose one of {', '.join(GPU_BACKENDS)} or auto"
-        )
-    _load(requested)
-    if requested not in _launchers:
-        raise RuntimeError(f"GPU backend {requested!r} was requested by the {source} but is not available: "
-                           f"{_status[requested]}")
-    return requested, _launchers[requested]
+    return REGISTRY.available()
 
 
 def active_gpu_backend() -> Optional[str]:
     """The backend GPU tensors would use now (honours BRCD_GPU_BACKEND), or None without a CUDA device."""
-    if _device_count() == 0:
-        return None
-    return _select(None)[0]
+    return REGISTRY.active()
 
 
 # --------------------------------------------------------------------------- launch planning
@@ -312,7 +260,7 @@ def knn(queries: Any, database: Any, k: int, *, backend: Optional[str] = None) -
     """
     q, db, n_bits = _prepared(queries, database)
     kk = _checks.check_k(k)
-    name, launcher = _select(backend)
+    name, launcher = REGISTRY.select(backend)
     words = gpu_inputs.kernel_words(q.shape[1])
     if name == "torch" or words is None:
         w = gpu_inputs.min_words(q.shape[1])
@@ -329,7 +277,7 @@ def radius_search(
     """
     q, db, n_bits = _prepared(queries, database)
     r = _checks.check_radius(radius, n_bits)
-    name, launcher = _select(backend)
+    name, launcher = REGISTRY.select(backend)
     w = gpu_inputs.min_words(q.shape[1])
     qw, dbw = gpu_inputs.to_words(q, w), gpu_inputs.to_words(db, w)
     if name == "torch":
@@ -340,7 +288,7 @@ def radius_search(
 def hamming_distances(queries: Any, database: Any, *, backend: Optional[str] = None) -> "torch.Tensor":
     """All-pairs Hamming distances of CUDA packed codes, int32 (q, n) on the device."""
     q, db, _ = _prepared(queries, database)
-    name, launcher = _select(backend)
+    name, launcher = REGISTRY.select(backend)
     w = gpu_inputs.min_words(q.shape[1])
     qw, dbw = gpu_inputs.to_words(q, w), gpu_inputs.to_words(db, w)
     if name == "torch":
@@ -352,7 +300,7 @@ def masked_similarity_packed(queries: Any, database: Any, masks: Any, *, backend
     """cos_M of CUDA packed codes, float32 (q, n); masks (n_bytes,), (1, n_bytes) or (q, n_bytes)."""
     q, db, _ = _prepared(queries, database)
     m = gpu_inputs.packed_masks(masks, q.shape[0], q.shape[1], q.device)
-    name, launcher = _select(backend)
+    name, launcher = REGISTRY.select(backend)
     w = gpu_inputs.min_words(q.shape[1])
     qw, dbw, mw = gpu_inputs.to_words(q, w), gpu_inputs.to_words(db, w), gpu_inputs.to_words(m, w)
     if name == "torch":
@@ -430,16 +378,19 @@ def masked_similarity_backward(
 
 
 def _dense_launcher() -> Optional[tuple[str, Any]]:
-    """The backend for the dense kernels: extension, else CuPy, else None."""
-    requested = os.environ.get(ENV_VAR, "").strip().lower()
-    names = [requested] if requested in ("cuda", "cupy") else ([] if requested == "torch" else ["cuda", "cupy"])
-    for name in names:
-        _load(name)
-        if name in _launchers:
-            return name, _launchers[name]
-    return None
+    """The backend for the fused dense kernels, or None where the op's torch implementation runs.
+
+    The GPU registry decides, as for the packed operations: BRCD_GPU_BACKEND=cuda
+    or cupy forces that one (an error when it cannot run), torch asks for the
+    torch implementation, auto takes the first of DENSE_BACKENDS that loads.
+    """
+    requested = REGISTRY.requested()
+    if requested is None:
+        return REGISTRY.first_available(DENSE_BACKENDS)
+    return REGISTRY.select(requested) if requested in DENSE_BACKENDS else None
 
 
+_registration_lock = threading.Lock()
 _registration: Optional[str] = None
 
 
@@ -455,23 +406,20 @@ def register_cuda_kernels() -> str:
     global _registration
     if _registration is not None:
         return _registration
-    with _lock:
-        if _registration is not None:
-            return _registration
-        _registration = _register()
+    with _registration_lock:
+        if _registration is None:
+            _registration = _register()
     return _registration
 
 
 def _register() -> str:
-    from . import dense_ops, reference
-
-    op = dense_ops.registered_op()
+    op = masked_op.registered_op()
     if op is None:
-        return f"not registered: the op {dense_ops.OP_NAME} is unavailable ({dense_ops.op_status()})"
-    for name in ("cuda", "cupy"):
-        _load(name)
-    if not any(name in _launchers for name in ("cuda", "cupy")):
-        return f"not registered: no GPU kernel backend ({_status.get('cuda')}; {_status.get('cupy')})"
+        return f"not registered: the op {masked_op.OP_NAME} is unavailable ({masked_op.op_status()})"
+    loaded = REGISTRY.first_available(DENSE_BACKENDS)
+    if loaded is None:
+        reasons = "; ".join(REGISTRY.status(name) for name in DENSE_BACKENDS)
+        return f"not registered: no GPU kernel backend ({reasons})"
 
     import torch
 
@@ -506,13 +454,12 @@ def _register() -> str:
             return reference.masked_similarity_forward(a, b, mask)
         return masked_similarity_forward(chosen[1], a, b, mask)
 
-    namespace, name = dense_ops.OP_NAME.split("::")
-    torch.library.register_kernel(dense_ops.OP_NAME, "cuda", forward_cuda)
+    namespace, name = masked_op.OP_NAME.split("::")
+    torch.library.register_kernel(masked_op.OP_NAME, "cuda", forward_cuda)
     library = torch.library.Library(namespace, "IMPL")
     library.impl(name, autograd_cuda, "AutogradCUDA")
     _LIBRARIES.append(library)  # a Library unregisters its kernels when collected
-    loaded = "cuda" if "cuda" in _launchers else "cupy"
-    return f"registered ({loaded})"
+    return f"registered ({loaded[0]})"
 
 
 _LIBRARIES: list[Any] = []

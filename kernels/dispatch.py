@@ -11,98 +11,55 @@ single-threaded and ignores it. The native
 backend also picks its SIMD path at run time (BRCD_SIMD=avx512|avx2|popcnt|scalar
 overrides it); ``native_features()`` says which one runs.
 
-Backends are probed lazily: importing this module loads neither numba nor the
-C++ extension, and the first packed call (or available_backends()) pays for it
-once. The environment variable is read on every call so that a test or a user
-can switch backends without restarting the process.
+The backends form one registry (kernels/_registry.py, shared with the GPU and
+lookup dispatch): importing this module loads neither numba nor the C++
+extension, the first packed call (or available_backends()) pays for it once,
+and BRCD_KERNEL_BACKEND is read on every call so that a test or a user can
+switch backends without restarting the process.
 """
 from __future__ import annotations
 
 import importlib
-import operator
 import os
-import threading
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import _checks
-from ._loading import load_once
+from . import _checks, cuda, gpu_inputs
+from ._loading import import_extension
+from ._registry import BackendRegistry
 
 ENV_VAR = "BRCD_KERNEL_BACKEND"
-BACKENDS: tuple[str, ...] = ("native", "numba", "reference")  # order of preference
 _NATIVE_API_VERSION = 2
 _OPS = ("hamming_distances", "knn", "radius_search", "masked_similarity_packed")
 
-_lock = threading.Lock()
-_modules: dict[str, ModuleType] = {}
-_status: dict[str, str] = {}
+
+def _checked(loader: Callable[[], ModuleType]) -> Callable[[], ModuleType]:
+    """The loader, refusing a module that lacks an operation (a stale or partial build)."""
+
+    def load() -> ModuleType:
+        mod = loader()
+        missing = [op for op in _OPS if not hasattr(mod, op)]
+        if missing:
+            raise ImportError(f"module lacks {', '.join(missing)}")
+        return mod
+
+    return load
 
 
-def _load_native() -> ModuleType:
-    mod = importlib.import_module("brcd_cli._hamming_cpu")
-    version = getattr(mod, "API_VERSION", None)
-    if version != _NATIVE_API_VERSION:
-        raise ImportError(
-            f"brcd_cli._hamming_cpu is a stale build (API {version}, need {_NATIVE_API_VERSION}); "
-            "rebuild with `pip install -e . --no-build-isolation`"
-        )
-    return mod
-
-
-def _load_numba() -> ModuleType:
-    return importlib.import_module(f"{__package__}.numba_backend")
-
-
-def _load_reference() -> ModuleType:
-    return importlib.import_module(f"{__package__}.reference")
-
-
-_LOADERS = {"native": _load_native, "numba": _load_numba, "reference": _load_reference}
-
-
-def _load_checked(name: str) -> ModuleType:
-    """One backend's module, refused when it lacks an operation (a stale or partial build)."""
-    mod = _LOADERS[name]()
-    missing = [op for op in _OPS if not hasattr(mod, op)]
-    if missing:
-        raise ImportError(f"module lacks {', '.join(missing)}")
-    return mod
-
-
-def _probe(name: str) -> None:
-    """Try to load one backend, recording the module or a one-line reason."""
-    load_once(name, lambda: _load_checked(name), _modules, _status, _lock)
+_LOADERS: dict[str, Callable[[], ModuleType]] = {  # in order of preference
+    "native": _checked(lambda: import_extension("brcd_cli._hamming_cpu", _NATIVE_API_VERSION)),
+    "numba": _checked(lambda: importlib.import_module(f"{__package__}.numba_backend")),
+    "reference": _checked(lambda: importlib.import_module(f"{__package__}.reference")),
+}
+REGISTRY = BackendRegistry("kernel", ENV_VAR, _LOADERS)
+BACKENDS: tuple[str, ...] = REGISTRY.names
 
 
 def available_backends() -> dict[str, str]:
     """Backend name -> "available" or why it cannot be used, in order of preference."""
-    for name in BACKENDS:
-        _probe(name)
-    return {name: _status[name] for name in BACKENDS}
-
-
-def _select(backend: Optional[str]) -> tuple[str, ModuleType]:
-    requested = backend if backend is not None else os.environ.get(ENV_VAR, "")
-    requested = requested.strip().lower()
-    if requested in ("", "auto"):
-        for name in BACKENDS:
-            _probe(name)
-            if name in _modules:
-                return name, _modules[name]
-        raise RuntimeError("no kernel backend could be loaded")  # pragma: no cover - reference needs only numpy
-    source = "backend argument" if backend is not None else f"environment variable {ENV_VAR}"
-    if requested not in BACKENDS:
-        raise ValueError(
-            f"unknown kernel backend {requested!r} (from the {source}); choose one of {', '.join(BACKENDS)} or auto"
-        )
-    _probe(requested)
-    if requested not in _modules:
-        raise RuntimeError(
-            f"kernel backend {requested!r} was requested by the {source} but is not available: {_status[requested]}"
-        )
-    return requested, _modules[requested]
+    return REGISTRY.available()
 
 
 def default_threads() -> int:
@@ -116,19 +73,13 @@ def default_threads() -> int:
 def _threads(threads: Optional[int]) -> int:
     if threads is None:
         return default_threads()
-    try:
-        n = operator.index(threads)
-    except TypeError:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}") from None
-    if n < 1:
-        raise ValueError(f"threads must be a positive integer, got {n}")
-    return int(n)
+    return _checks.positive_int(threads, "threads")
 
 
 def _call(backend: Optional[str], op: str, threads: Optional[int], *args: Any) -> Any:
     """Run one packed op; the native and numba backends take a thread count, the reference is single-threaded."""
     n_threads = _threads(threads)
-    name, mod = _select(backend)
+    name, mod = REGISTRY.select(backend)
     if name in ("native", "numba"):
         return getattr(mod, op)(*args, threads=n_threads)
     return getattr(mod, op)(*args)
@@ -136,25 +87,18 @@ def _call(backend: Optional[str], op: str, threads: Optional[int], *args: Any) -
 
 def native_features() -> Optional[dict[str, Any]]:
     """CPU features and the SIMD path of the native backend, or None when it is not available."""
-    _probe("native")
-    mod = _modules.get("native")
+    mod = REGISTRY.loaded("native")
     return dict(mod.cpu_features()) if mod is not None else None
 
 
 def active_backend() -> str:
     """The backend packed operations would use now (honours BRCD_KERNEL_BACKEND)."""
-    return _select(None)[0]
+    return REGISTRY.select(None)[0]
 
 
 def _on_gpu(queries: Any, database: Any) -> bool:
     """CUDA tensors stay on their device: the GPU dispatch (extension > CuPy > torch) takes them."""
-    from .gpu_inputs import is_gpu_tensor
-
-    return is_gpu_tensor(queries) or is_gpu_tensor(database)
-
-
-def _gpu() -> ModuleType:
-    return importlib.import_module(f"{__package__}.cuda")
+    return gpu_inputs.is_gpu_tensor(queries) or gpu_inputs.is_gpu_tensor(database)
 
 
 def hamming_distances(
@@ -162,7 +106,7 @@ def hamming_distances(
 ) -> np.ndarray:
     """All-pairs Hamming distances between packed codes, int32 (q, n)."""
     if _on_gpu(queries, database):
-        return _gpu().hamming_distances(queries, database)
+        return cuda.hamming_distances(queries, database)
     q, db = _checks.packed_pair(queries, database)
     return _call(backend, "hamming_distances", threads, q, db)
 
@@ -176,7 +120,7 @@ def knn(
     across backends and runs even when many codes tie.
     """
     if _on_gpu(queries, database):
-        return _gpu().knn(queries, database, k)
+        return cuda.knn(queries, database, k)
     q, db = _checks.packed_pair(queries, database)
     kk = _checks.check_k(k)
     return _call(backend, "knn", threads, q, db, kk)
@@ -191,7 +135,7 @@ def radius_search(
     like faiss range_search; a CSR layout avoids one Python list per query.
     """
     if _on_gpu(queries, database):
-        return _gpu().radius_search(queries, database, radius)
+        return cuda.radius_search(queries, database, radius)
     q, db = _checks.packed_pair(queries, database)
     r = _checks.check_radius(radius, 8 * q.shape[1])
     return _call(backend, "radius_search", threads, q, db, r)
@@ -206,7 +150,7 @@ def masked_similarity_packed(
     query, (q, nb).
     """
     if _on_gpu(queries, database):
-        return _gpu().masked_similarity_packed(queries, database, masks)
+        return cuda.masked_similarity_packed(queries, database, masks)
     q, db = _checks.packed_pair(queries, database)
     m = _checks.packed_masks(masks, q.shape[0], q.shape[1])
     return _call(backend, "masked_similarity_packed", threads, q, db, m)

@@ -18,27 +18,24 @@ sorted, searched by bisection.
 Two backends share this contract: "native" (``brcd_cli._mih_cpu``, C++) and
 "reference" (numpy, written to be obviously correct; the tests hold the native
 one to it and both to the linear scan). ``BRCD_MIH_BACKEND=native|reference``
-forces one; by default the native one runs when it is built.
+forces one; by default the native one runs when it is built. The two form a
+backend registry (kernels/_registry.py) like the scan's and the GPU's.
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
-import os
-import threading
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from . import _checks
 from . import reference as _ref
-from ._loading import load_once
+from ._loading import import_extension
+from ._registry import BackendRegistry
 
 ENV_VAR = "BRCD_MIH_BACKEND"
-BACKENDS: tuple[str, ...] = ("native", "reference")
 NATIVE_API_VERSION = 1
 MAX_SUBSTRING_BITS = 32  # keys are uint32
 DIRECT_MAX_WIDTH = 24  # direct addressing up to 2^24 buckets (64 MiB of offsets) ...
@@ -46,45 +43,23 @@ DIRECT_MAX_BUCKETS_PER_CODE = 4  # ... and no more than 4 buckets per indexed co
 MAX_CODES = 2**32 - 1  # ids are uint32
 _MAX_PROBES = 4096  # the reference enumerates at most this many neighbour keys per table
 
-_lock = threading.Lock()
-_loaded: dict[str, ModuleType] = {}
-_status: dict[str, str] = {}
-
-
-def _import_native() -> ModuleType:
-    mod = importlib.import_module("brcd_cli._mih_cpu")
-    if getattr(mod, "API_VERSION", None) != NATIVE_API_VERSION:
-        raise ImportError(f"stale build (API {getattr(mod, 'API_VERSION', None)}, need {NATIVE_API_VERSION})")
-    return mod
-
-
-def _load_native() -> Optional[ModuleType]:
-    """The C++ module, or None with the reason kept for :func:`available_backends`."""
-    load_once("native", _import_native, _loaded, _status, _lock)
-    return _loaded.get("native")
+# The numpy lookup below needs nothing beyond kernels.reference, so that is what its backend loads.
+REGISTRY = BackendRegistry(
+    "lookup",
+    ENV_VAR,
+    {"native": lambda: import_extension("brcd_cli._mih_cpu", NATIVE_API_VERSION), "reference": lambda: _ref},
+)
+BACKENDS: tuple[str, ...] = REGISTRY.names
 
 
 def available_backends() -> dict[str, str]:
     """Backend name -> "available" or why it cannot be used, in order of preference."""
-    _load_native()
-    return {"native": _status["native"], "reference": "available"}
-
-
-def select_backend(backend: Optional[str] = None) -> str:
-    """The backend to use: the argument, else BRCD_MIH_BACKEND, else native when built, else reference."""
-    requested = (backend if backend is not None else os.environ.get(ENV_VAR, "")).strip().lower()
-    if requested in ("", "auto"):
-        return "native" if _load_native() is not None else "reference"
-    if requested not in BACKENDS:
-        raise ValueError(f"unknown lookup backend {requested!r}; choose one of {', '.join(BACKENDS)} or auto")
-    if requested == "native" and _load_native() is None:
-        raise RuntimeError(f"lookup backend 'native' was requested but is not available: {_status['native']}")
-    return requested
+    return REGISTRY.available()
 
 
 def native_features() -> Optional[dict[str, Any]]:
     """Whether the CPU has popcnt and which build of the candidate check runs, or None without the extension."""
-    mod = _load_native()
+    mod = REGISTRY.loaded("native")
     return dict(mod.cpu_features()) if mod is not None else None
 
 
@@ -198,8 +173,9 @@ def build_tables(codes: Any, m: Optional[int] = None, *, backend: Optional[str] 
     bits = 8 * db.shape[1]
     layout = substring_layout(bits, default_substrings(db.shape[0], bits) if m is None else m)
     direct = [use_direct(w, db.shape[0]) for _, w in layout]
-    if select_backend(backend) == "native":
-        raw = _load_native().build_tables(db, layout, direct)
+    name, mod = REGISTRY.select(backend)
+    if name == "native":
+        raw = mod.build_tables(db, layout, direct)
         return [Table(s, w, k, o, i, c) for (s, w), (k, o, i, c) in zip(layout, raw)]
     return [build_table_reference(db, s, w, d) for (s, w), d in zip(layout, direct)]
 
@@ -230,11 +206,11 @@ class MultiIndex:
         self.bits = int(bits)
         self.tables = list(tables)
         self.count = int(len(self.tables[0].ids)) if self.tables else 0
-        self.backend = select_backend(backend)
+        self.backend, mod = REGISTRY.select(backend)
         self._native = None
         if self.backend == "native":
             layout = [(t.start, t.width) for t in self.tables]
-            self._native = _load_native().MultiIndex(
+            self._native = mod.MultiIndex(
                 self.bits, layout, [(t.keys, t.offsets, t.ids, t.codes) for t in self.tables]
             )
 

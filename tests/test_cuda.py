@@ -233,7 +233,7 @@ def test_gpu_api_rejects_cpu_tensors_with_a_clear_message() -> None:
 def test_unknown_gpu_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda.ENV_VAR, "opencl")
     with pytest.raises(ValueError, match="unknown GPU backend 'opencl'"):
-        cuda._select(None)
+        cuda.REGISTRY.select(None)
 
 
 def test_backend_report_names_every_backend() -> None:
@@ -258,10 +258,8 @@ def test_knn_plan_respects_the_kernel_limits(n_q: int, n_db: int, k: int, n_bits
 
 def test_op_registration_attaches_to_the_cuda_keys() -> None:
     """In a fresh process: the fused kernels attach to brcd::masked_similarity for CUDA and AutogradCUDA."""
-    try:
-        cuda._load_extension()
-    except ImportError as exc:
-        pytest.skip(f"CUDA extension not built: {exc}")
+    if cuda.REGISTRY.loaded("cuda") is None:
+        pytest.skip(f"CUDA extension not built: {cuda.REGISTRY.status('cuda')}")
     code = (
         "import torch\n"
         "from brcd_cli.kernels import cuda\n"
@@ -575,7 +573,7 @@ def test_fused_masked_similarity_matches_autograd_reference(
 ) -> None:
     if backend == "torch":
         pytest.skip("the torch backend is the reference itself")
-    launcher = cuda._launchers[backend]
+    launcher = cuda.REGISTRY.loaded(backend)
     a, b, mask = _dense_inputs(n, m, length, dtype, mask_kind)
     a, b = a.cuda().requires_grad_(True), b.cuda().requires_grad_(True)
     mask = None if mask is None else mask.cuda().requires_grad_(True)
