@@ -1,11 +1,8 @@
 """``brcd experiment``: BRCD against KD baselines and its own ablations over bit lengths and seeds, with a report."""
-from .cells import ABLATIONS, VARIANTS
 from .grid import Experiment, ExperimentOptions, find_teachers, parse_bits, parse_methods, run_experiment
 from .report import write_report
 
 __all__ = [
-    "ABLATIONS",
-    "VARIANTS",
     "Experiment",
     "ExperimentOptions",
     "find_teachers",

@@ -2,28 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_write
 
-# Every row of the paper's comparison: the methods, then BRCD with one part changed.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "none": {"method": "none"},
-    "brcd": {"method": "brcd"},
-    "kd": {"method": "kd"},
-    "fitnet": {"method": "fitnet"},
-    "rkd": {"method": "rkd"},
-    "pkt": {"method": "pkt"},
-    "sp": {"method": "sp"},
-    "crd": {"method": "crd"},
-    "brcd-no-fn": {"method": "brcd", "false_negatives": False},
-    "brcd-no-fp": {"method": "brcd", "false_positives": False},
-    "brcd-no-mask": {"method": "brcd", "bit_mask": False},
-    "brcd-opposite-mask": {"method": "brcd", "mask_rule": "opposite"},
-}
-ABLATIONS = tuple(name for name in VARIANTS if name.startswith("brcd-"))
 CELL_FILE = "cell.json"
 CODES_FILE = "codes.npz"
 STATE_FILE = "experiment.json"

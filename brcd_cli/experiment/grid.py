@@ -33,24 +33,26 @@ from ..models.checkpoint import CONFIG
 from ..training import DistillOptions, TeacherOptions, distill, train_teacher
 from ..training.common import default_top_k, read_run_record
 from ..training.loop import RESUME_FILE
-from .cells import ABLATIONS, CELL_FILE, CODES_FILE, STATE_FILE, VARIANTS, load_codes, save_codes
+from ..losses.registry import ablations, method_names, variants
+from .cells import CELL_FILE, CODES_FILE, STATE_FILE, load_codes, save_codes
 from .report import write_report
 
 
 def parse_methods(spec: str) -> list[str]:
-    """'all', 'baselines', 'ablations', or a comma list of variant names."""
+    """'all', 'baselines', 'ablations', or a comma list of variant names (all from the method registry)."""
+    table = variants()
     names: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part == "all":
-            names += list(VARIANTS)
+            names += list(table)
         elif part == "ablations":
-            names += ["brcd", *ABLATIONS]
+            names += ["brcd", *ablations()]
         elif part == "baselines":
-            names += ["none", "brcd", "kd", "fitnet", "rkd", "pkt", "sp", "crd"]
-        elif part in VARIANTS:
+            names += method_names()
+        elif part in table:
             names.append(part)
         else:
-            raise BrcdError(f"unknown method {part!r}; choose from all, baselines, ablations, {', '.join(VARIANTS)}")
+            raise BrcdError(f"unknown method {part!r}; choose from all, baselines, ablations, {', '.join(table)}")
     if not names:
         raise BrcdError("--methods is empty")
     return list(dict.fromkeys(names))
@@ -73,7 +75,7 @@ class ExperimentOptions:
 
     bits: list[int] = field(default_factory=lambda: [16, 32, 64])
     seeds: int = 3
-    methods: list[str] = field(default_factory=lambda: list(VARIANTS))
+    methods: list[str] = field(default_factory=lambda: list(variants()))
     teacher: Optional[Path] = None  # a teacher folder (one bit length) or a folder of <bits>/ teachers; None: train them
     teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
     student: DistillOptions = field(default_factory=DistillOptions)
@@ -83,7 +85,7 @@ class ExperimentOptions:
         if self.seeds < 1:
             raise BrcdError(f"--seeds must be >= 1, got {self.seeds}")
         for name in self.methods:
-            if name not in VARIANTS:
+            if name not in variants():
                 raise BrcdError(f"unknown method {name!r}")
 
 
@@ -205,7 +207,7 @@ class Experiment:
             return json.loads(done_path.read_text())
         options = replace(self.options.student, seed=seed, split_seed=split_seed,
                           cache_dir=self.out / "feature-cache", fit=replace(self.options.student.fit, seed=seed),
-                          **VARIANTS[name])
+                          **variants()[name])
         record = read_run_record(cell_dir)
         t0 = time.monotonic()
         if record is None or record.get("state") != "done" or not (cell_dir / CONFIG).is_file():

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..atomic import atomic_write, atomic_write_text
 from ..evaluation import precision_recall_curve
-from .cells import ABLATIONS, CODES_FILE, STATE_FILE, VARIANTS, load_codes
+from ..losses.registry import ablations, variants
+from .cells import CODES_FILE, STATE_FILE, load_codes
 
 PARADIGMS = (("ashp", "ASHP"), ("sshp", "SSHP"))
 CSV_FIELDS = ("method", "bits", "seed", "map_ashp", "map_sshp", "map_tie_aware_ashp", "map_tie_aware_sshp",
@@ -56,7 +57,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[tuple[str, int, str], tuple[f
 
 def write_report(out: Path, cells: list[dict[str, Any]], log: Callable[[str], None] = print) -> dict[str, Any]:
     out = Path(out)
-    cells = sorted(cells, key=lambda c: (list(VARIANTS).index(c["method"]), c["bits"], c["seed"]))
+    order = list(variants())
+    cells = sorted(cells, key=lambda c: (order.index(c["method"]), c["bits"], c["seed"]))
     with atomic_write(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -64,7 +66,7 @@ def write_report(out: Path, cells: list[dict[str, Any]], log: Callable[[str], No
     summary = summarise(cells)
     teachers = _teachers(out)
     state = json.loads((out / STATE_FILE).read_text()) if (out / STATE_FILE).is_file() else {}
-    methods = [m for m in VARIANTS if any(c["method"] == m for c in cells)]
+    methods = [m for m in order if any(c["method"] == m for c in cells)]
     bits = sorted({int(c["bits"]) for c in cells})
     plots = []
     if cells:
@@ -137,7 +139,7 @@ def markdown(cells, summary, teachers, methods, bits, state, plots) -> str:
 
 def ranking(summary, methods, cols) -> list[str]:
     """BRCD's place in each column among the methods (ablations excluded), and who beats it by how much."""
-    rivals = [m for m in methods if m not in ABLATIONS]
+    rivals = [m for m in methods if m not in ablations()]
     if "brcd" not in rivals:
         return []
     lines = ["## Where BRCD ranks", "", "Among the methods (ablations excluded), by mean test mAP; a margin smaller "
@@ -158,7 +160,7 @@ def ranking(summary, methods, cols) -> list[str]:
 
 
 def ablation_lines(summary, methods, cols) -> list[str]:
-    present = [m for m in ABLATIONS if m in methods]
+    present = [m for m in ablations() if m in methods]
     if not present or "brcd" not in methods:
         return []
     lines = ["## What each ablation changes", "",
@@ -178,7 +180,7 @@ def ablation_lines(summary, methods, cols) -> list[str]:
 def _style(m: str) -> dict[str, Any]:
     if m == "brcd":
         return {"color": "black", "linewidth": 2.4, "marker": "o"}
-    if m in ABLATIONS:
+    if m in ablations():
         return {"linestyle": ":", "marker": "."}
     if m == "none":
         return {"color": "gray", "linestyle": "--", "marker": "x"}

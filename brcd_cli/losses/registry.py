@@ -14,13 +14,15 @@ and gives a builder that makes its term from a :class:`MethodContext`. The
 trainer (``training/distill.py``), the experiment grid and the CLI's
 ``--method`` read this registry; adding a method is one new file in
 ``brcd_cli/losses/`` with a ``@register_method`` builder (found by
-:func:`load_methods`), or a ``register_method`` call in the user's own code.
+:func:`load_methods`), or a module of the user's own package named by a
+``brcd.methods`` entry point.
 
 This module imports no torch: the CLI lists the methods without paying for it.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import pkgutil
 import threading
 from dataclasses import dataclass, field
@@ -96,6 +98,7 @@ class Method:
         return "teacher" in self.needs
 
 
+ENTRY_POINT_GROUP = "brcd.methods"
 _methods: dict[str, Method] = {}
 _lock = threading.Lock()
 _loaded = False
@@ -135,7 +138,9 @@ def load_methods() -> None:
     """Import every module of ``brcd_cli.losses`` once, so each registers its method.
 
     The built-in modules come first, in the order ``brcd_cli.losses`` imports
-    them (the order of the report's rows); a new file is found by name.
+    them (the order of the report's rows); a new file is found by name, and
+    an installed package's method through its ``brcd.methods`` entry point
+    (a module that calls :func:`register_method` when imported).
     """
     global _loaded
     if _loaded:
@@ -143,6 +148,8 @@ def load_methods() -> None:
     package = importlib.import_module("brcd_cli.losses")
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{info.name}")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):  # methods of installed packages
+        entry.load()
     _loaded = True
 
 
@@ -165,11 +172,13 @@ def get_method(name: str) -> Method:
 
 
 def variants() -> dict[str, dict[str, Any]]:
-    """Every row the experiment grid can run: each method as published, then each method's ablations.
+    """Every row the experiment grid can run: the floor (methods that learn nothing from the teacher) first,
+    then each method as published, then each method's ablations, so a report reads from the floor up.
 
     Values are DistillOptions changes (always including ``method``).
     """
-    table = {name: {"method": name} for name in methods()}
+    ordered = sorted(methods().values(), key=lambda m: m.distills)  # stable: registration order otherwise
+    table = {m.name: {"method": m.name} for m in ordered}
     for m in methods().values():
         for variant, changes in m.variants.items():
             table[variant] = {"method": m.name, **changes}
