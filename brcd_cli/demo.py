@@ -15,12 +15,12 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from .atomic import atomic_write_json
 from .data import digits_source, make_split, preload
 from .errors import BrcdError
 from .evaluation.protocol import evaluate_models
 from .models import HashModel
 from .options import positive
-from .models.checkpoint import atomic_write_json
 from .pipeline import encode_collection, search_image
 from .training import DistillOptions, FitOptions, TeacherOptions, distill, train_teacher
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import BrcdError
 from ..kernels import mih
 
@@ -131,27 +131,19 @@ def write_index(path: Path, tables: list[mih.Table], bits: int, codes_sha256: by
                                    arrays["offsets"], arrays["ids"], arrays["codes"]))
     size = pos
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            fh.truncate(size)
-            fh.seek(HEADER_SIZE)
-            fh.write(b"".join(records))
-            for offset, raw in chunks:
-                fh.seek(offset)
-                fh.write(memoryview(raw).cast("B"))
-            fh.flush()
-            crc = _crc_of(fh, HEADER_SIZE, size)
-            header = _HEADER.pack(MAGIC, VERSION, bits, len(tables), 0, count, codes_sha256,
-                                  producer.ljust(32, b"\0")[:32], code_space.ljust(32, b"\0")[:32], crc, 0)[:-4]
-            fh.seek(0)
-            fh.write(header + struct.pack("<I", zlib.crc32(header)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w+b") as fh:
+        fh.truncate(size)
+        fh.seek(HEADER_SIZE)
+        fh.write(b"".join(records))
+        for offset, raw in chunks:
+            fh.seek(offset)
+            fh.write(memoryview(raw).cast("B"))
+        fh.flush()
+        crc = _crc_of(fh, HEADER_SIZE, size)
+        header = _HEADER.pack(MAGIC, VERSION, bits, len(tables), 0, count, codes_sha256,
+                              producer.ljust(32, b"\0")[:32], code_space.ljust(32, b"\0")[:32], crc, 0)[:-4]
+        fh.seek(0)
+        fh.write(header + struct.pack("<I", zlib.crc32(header)))
     return size
 
 

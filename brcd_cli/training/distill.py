@@ -24,17 +24,17 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
+from safetensors.numpy import save as safetensors_bytes
 
 from .. import distributed
 from ..data import Augmenter, ImageSource, make_split, preload
 from ..encoding import codes_of_images
+from ..atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from ..errors import BrcdError, OptionError
 from ..kernels import pack_codes
 from ..losses import CIBHashLoss
 from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model
-from ..models.checkpoint import atomic_write_json
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
 from .common import Validator, build_model, check_resume, default_top_k, prepare_out_dir, read_run_record, write_run_record
@@ -106,15 +106,12 @@ class DistillOptions:
 
 def save_clusters(out_dir: Path, result: ClusterResult, consistency: np.ndarray, masks: np.ndarray, train_ids: list[str], options: DistillOptions) -> None:
     """Clusters and masks beside the student: tensors in safetensors, the choice and curve in JSON, the curve as PNG."""
-    save_file(
-        {
-            "centres": result.centres.astype(np.float32),
-            "consistency": consistency.astype(np.float32),
-            "masks": masks.astype(np.uint8),
-            "labels": result.labels.astype(np.int64),
-        },
-        str(out_dir / "clusters.safetensors"),
-    )
+    atomic_write_bytes(out_dir / "clusters.safetensors", safetensors_bytes({
+        "centres": result.centres.astype(np.float32),
+        "consistency": consistency.astype(np.float32),
+        "masks": masks.astype(np.uint8),
+        "labels": result.labels.astype(np.int64),
+    }))
     atomic_write_json(out_dir / "clusters.json", {
         "k": result.k,
         "choice": result.method,
@@ -148,7 +145,8 @@ def plot_cluster_curve(result: ClusterResult, path: Path) -> None:
     ax1.axvline(result.k, color="gray", linestyle="--")
     ax1.set_title(f"k-means on teacher codes: chosen k = {result.k}")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
 
 

@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write_json
 from ..data import Augmenter
 from ..errors import BrcdError
 from ..models import HashModel
-from ..models.checkpoint import atomic_write_json
 
 CACHE_VERSION = 1
 META = "meta.json"
