@@ -163,7 +163,10 @@ def run_loss_bench(config: LossBenchConfig) -> dict[str, Any]:
     torch = _require_cuda()
     from ..kernels import cuda, reference
 
-    chosen = cuda._dense_launcher()
+    try:
+        chosen = cuda._dense_launcher()
+    except (ValueError, RuntimeError) as exc:  # a forced backend (BRCD_GPU_BACKEND) that is unknown or cannot load
+        raise BrcdError(str(exc)) from None
     if chosen is None:
         raise BrcdError(f"no GPU kernel backend for the loss kernel: {cuda.available_gpu_backends()}")
     name, launcher = chosen
