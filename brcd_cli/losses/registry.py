@@ -17,7 +17,8 @@ trainer (``training/distill.py``), the experiment grid and the CLI's
 :func:`load_methods`), or a module of the user's own package named by a
 ``brcd.methods`` entry point.
 
-This module imports no torch: the CLI lists the methods without paying for it.
+Listing the methods imports every loss module, and so torch: the CLI pays
+that (about a second) when it builds its ``--method`` choices.
 """
 from __future__ import annotations
 
