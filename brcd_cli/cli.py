@@ -484,10 +484,9 @@ def evaluate_cmd(
 ) -> None:
     """mAP@K (ties by index, and tie-aware) and precision within radius 2 for teacher-teacher, ASHP and SSHP."""
     from .data import open_source
-    from .evaluation.protocol import evaluate_models
+    from .evaluation.protocol import default_top_k, evaluate_models
     from .models import load_model
     from .threads import set_threads
-    from .training.common import default_top_k
 
     set_threads(threads)
     source = open_source(data)

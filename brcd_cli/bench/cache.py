@@ -23,10 +23,10 @@ import numpy as np
 
 from ..data import ImageSource
 from ..errors import BrcdError
-from ..evaluation.protocol import evaluate_models
+from ..evaluation.protocol import default_top_k, evaluate_models
 from ..models import load_model
 from ..training import DistillOptions, FitOptions, TeacherOptions, distill, train_teacher
-from ..training.common import default_top_k, read_run_record
+from ..training.common import read_run_record
 
 
 @dataclass

@@ -27,13 +27,14 @@ import numpy as np
 from ..atomic import atomic_write_json
 from ..data import ImageSource, make_split
 from ..errors import BrcdError
-from ..evaluation.protocol import encode_with, retrieval_scores
-from ..models import VALID_BITS, load_model
-from ..models.checkpoint import CONFIG
-from ..training import DistillOptions, TeacherOptions, distill, train_teacher
-from ..training.common import default_top_k, read_run_record
-from ..training.loop import RESUME_FILE
+from ..evaluation.protocol import default_top_k, encode_with, retrieval_scores
 from ..losses.registry import ablations, method_names, variants
+from ..models import load_model
+from ..models.checkpoint import CONFIG
+from ..options import VALID_BITS
+from ..training import DistillOptions, TeacherOptions, distill, train_teacher
+from ..training.common import read_run_record
+from ..training.loop import RESUME_FILE
 from .cells import CELL_FILE, CODES_FILE, STATE_FILE, load_codes, save_codes
 from .report import write_report
 

@@ -83,11 +83,6 @@ class Validator:
         return float(mean_average_precision(q, d, self.query_labels, self.db_labels, k=self.top_k))
 
 
-def default_top_k(source: ImageSource) -> Optional[int]:
-    """mAP@K of the reference protocol: 1000 for CIFAR-10, the whole ranking for small sets."""
-    return 1000 if source.name == "cifar10" else None
-
-
 def to_jsonable(obj: Any) -> Any:
     if is_dataclass(obj):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in fields(obj)}

@@ -31,13 +31,14 @@ from ..data import Augmenter, ImageSource, make_split, preload
 from ..encoding import codes_of_images
 from ..atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from ..errors import BrcdError, OptionError
+from ..evaluation.protocol import default_top_k
 from ..kernels import pack_codes
 from ..losses import CIBHashLoss
 from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
-from .common import Validator, build_model, check_resume, default_top_k, prepare_out_dir, read_run_record, write_run_record
+from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, write_run_record
 from .feature_cache import CachedValidator, FeatureCache, build_or_open, split_head, teacher_outputs
 from .loop import FitOptions, fit
 from .teacher import TrainedModel

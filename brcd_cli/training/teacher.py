@@ -8,10 +8,11 @@ from typing import Callable, Optional
 import torch
 
 from ..data import Augmenter, ImageSource, make_split, preload
+from ..evaluation.protocol import default_top_k
 from ..losses import CIBHashLoss
 from ..models import HashModel, save_model
 from ..options import at_least, check_model_options, positive
-from .common import Validator, build_model, check_resume, default_top_k, prepare_out_dir, read_run_record, write_run_record
+from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, write_run_record
 from .loop import FitOptions, FitResult, fit
 
 
