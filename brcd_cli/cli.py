@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import typer
 
 from .errors import BrcdError, OptionError
-from .losses.registry import method_names, methods, variants
-from .options import AUGMENT_RECIPES, HEADS, MASK_RULES, choice_enum, value_of
+from . import choices
+from .options import value_of
 
 app = typer.Typer(
     add_completion=False,
@@ -31,23 +33,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_FILE = 5
 
 
-# Enumerated options: click rejects other values (exit 2) and --help lists these choices.
-Head = choice_enum("Head", HEADS)
-Augment = choice_enum("Augment", AUGMENT_RECIPES)
-MaskRule = choice_enum("MaskRule", MASK_RULES)
-Method = choice_enum("Method", method_names())  # every registered distillation method
-Device = choice_enum("Device", ("cpu", "cuda"))
-GpuDevice = choice_enum("GpuDevice", ("cuda",))
-
-
-def _method_help() -> str:
-    return "distillation method: " + "; ".join(f"{m.name}: {m.summary}" for m in methods().values())
-
-
-def _methods_help() -> str:
-    return ("all, baselines (every method), ablations (brcd and its ablations), or a comma list of "
-            + ", ".join(variants()))
-
+METHOD_HELP = "distillation method (brcd methods lists each with its weight and what it needs); none: the student alone"
 
 # A library option's field -> the flag that sets it, where that is not --field-name (typer's own naming).
 FLAGS = {"k": "-k"}
@@ -109,9 +95,9 @@ def train_teacher_cmd(
     image_size: int = typer.Option(224, help="input size in pixels"),
     pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
-    head: Head = typer.Option("linear", help="linear, or mlp (Linear-ReLU-Linear)"),
+    head: choices.Head = typer.Option("linear", help="linear, or mlp (Linear-ReLU-Linear)"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
-    augment: Optional[Augment] = typer.Option(None, help="augmentation recipe (default: the data set's own)"),
+    augment: Optional[choices.Augment] = typer.Option(None, help="augmentation recipe (default: the data set's own)"),
     epochs: int = typer.Option(200),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(5e-4),
@@ -148,9 +134,9 @@ def distill_cmd(
     image_size: Optional[int] = typer.Option(None, help="input size (default: the teacher's)"),
     pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
-    head: Head = typer.Option("mlp", help="mlp (Linear-ReLU-Linear), or linear"),
+    head: choices.Head = typer.Option("mlp", help="mlp (Linear-ReLU-Linear), or linear"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
-    method: Method = typer.Option("brcd", help=_method_help()),
+    method: choices.Method = typer.Option("brcd", help=METHOD_HELP),
     weight: Optional[float] = typer.Option(None, help="weight of the distillation term (default: the method's published setting)"),
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="train the heads from cached frozen features (default: on when the student backbone is frozen)"),
     cache_views: int = typer.Option(8, help="augmented views per image kept in the feature cache"),
@@ -162,8 +148,8 @@ def distill_cmd(
     false_neg: bool = typer.Option(True, "--false-neg/--no-false-neg", help="drop same-cluster negatives"),
     false_pos: bool = typer.Option(True, "--false-pos/--no-false-pos", help="drop structural positives that left their cluster"),
     bit_mask: bool = typer.Option(True, "--bit-mask/--no-bit-mask", help="mask inconsistent bits in structural terms"),
-    mask_rule: MaskRule = typer.Option("consistent", help="consistent (the method) or opposite (ablation)"),
-    augment: Optional[Augment] = typer.Option(None, help="augmentation recipe (default: the teacher's)"),
+    mask_rule: choices.MaskRule = typer.Option("consistent", help="consistent (the method) or opposite (ablation)"),
+    augment: Optional[choices.Augment] = typer.Option(None, help="augmentation recipe (default: the teacher's)"),
     epochs: int = typer.Option(400),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3),
@@ -200,7 +186,8 @@ def experiment_cmd(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="a teacher folder (one bit length) or a folder of <bits>/ teachers; omitted: trained here"),
     bits: str = typer.Option("16,32,64", help="comma list of code lengths"),
     seeds: int = typer.Option(3, help="student seeds 0..N-1 per cell"),
-    methods: str = typer.Option("all", help=_methods_help()),
+    methods: str = typer.Option("all", help="all, baselines (every method), ablations (brcd and its ablations), "
+                                "or a comma list of rows (brcd methods lists them)"),
     teacher_arch: str = typer.Option("vit_base_patch16_224", help="teachers trained here: timm model"),
     image_size: int = typer.Option(224, help="teachers trained here: input size (students use the teacher's)"),
     teacher_pretrained: str = typer.Option("auto", help="teachers trained here: auto, none, or a weights file"),
@@ -244,6 +231,29 @@ def experiment_cmd(
         typer.echo(json.dumps(summary))
     else:
         typer.echo(str(out / "results.md"))
+
+
+@app.command("methods")
+def methods_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The registered distillation methods: published weight, what each needs, whether it keeps the teacher's
+    code space, and the experiment grid's rows (each method, then its ablations)."""
+    from .losses.registry import methods, variants
+
+    found = methods()
+    rows = variants()
+    if as_json:
+        typer.echo(json.dumps({
+            "methods": [{"name": m.name, "weight": m.weight, "needs": sorted(m.needs), "keeps_code_space": m.keeps_code_space,
+                         "summary": m.summary, "ablations": list(m.variants)} for m in found.values()],
+            "rows": rows,
+        }))
+        return
+    for m in found.values():
+        space = "teacher's code space" if m.keeps_code_space else "own code space"
+        typer.echo(f"{m.name:8s} weight {m.weight:<7g} {space:20s} needs {', '.join(sorted(m.needs)) or 'nothing'}")
+        typer.echo(f"         {m.summary}")
+        for variant, changes in m.variants.items():
+            typer.echo(f"         ablation {variant}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
 
 @app.command("encode")
@@ -376,7 +386,7 @@ def bench_search_cmd(
     check_queries: int = typer.Option(4, "--check-queries", help="queries also checked against the numpy reference"),
     use_faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="measure faiss IndexBinaryFlat too"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    device: Device = typer.Option("cpu", "--device", help="cpu (brcd vs faiss) or cuda (brcd's GPU kernels vs the torch reference)"),
+    device: choices.Device = typer.Option("cpu", "--device", help="cpu (brcd vs faiss) or cuda (brcd's GPU kernels vs the torch reference)"),
 ) -> None:
     """Exact k-NN over random codes: brcd vs faiss IndexBinaryFlat (queries/s, speedup, exactness).
 
@@ -402,7 +412,7 @@ def bench_loss_kernel_cmd(
     bits: int = typer.Option(64, "--bits", help="code length L"),
     repeats: int = typer.Option(50, "--repeats", help="timed repeats (median)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64"),
-    device: GpuDevice = typer.Option("cuda", "--device", help="only cuda: the fused kernels are GPU kernels"),
+    device: choices.GpuDevice = typer.Option("cuda", "--device", help="only cuda: the fused kernels are GPU kernels"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Masked similarity of the BRCD loss, forward + backward: fused CUDA kernels vs the torch composite."""
@@ -422,7 +432,7 @@ def bench_distill_cache_cmd(
     student_arch: str = typer.Option("mobilenetv3_small_050"),
     pretrained: str = typer.Option("none", help="student weights: auto, none, or a file (its backbone is frozen either way)"),
     hidden: int = typer.Option(512),
-    method: Method = typer.Option("brcd", help=_method_help()),
+    method: choices.Method = typer.Option("brcd", help=METHOD_HELP),
     epochs: int = typer.Option(5, help="epochs of each side (no early stopping)"),
     seeds: int = typer.Option(1, help="seeds per side; means are reported"),
     cache_views: int = typer.Option(8),
@@ -550,6 +560,53 @@ def _click_exceptions():
     return exceptions
 
 
+class _LazyCommands(Mapping[str, Any]):
+    """A typer app's commands as a click group's mapping, each command built the first time it is looked up.
+
+    typer turns every command's signature into click parameters whenever the
+    app runs, and the training commands' --method choices come from the method
+    registry, which imports torch. Building only the command that runs keeps
+    ``brcd index`` and the other commands to the imports they use; --help and
+    a mistyped command name still see them all.
+    """
+
+    def __init__(self, typer_app: typer.Typer, root: typer.Typer) -> None:
+        from typer.main import get_command_from_info
+
+        self._makers: dict[str, Callable[[], Any]] = {}
+        for info in typer_app.registered_commands:
+            self._makers[info.name] = partial(get_command_from_info, info, pretty_exceptions_short=root.pretty_exceptions_short,
+                                              rich_markup_mode=root.rich_markup_mode)
+        for group in typer_app.registered_groups:
+            self._makers[group.name] = partial(lazy_group, group.typer_instance, group.name, root)
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            self._built[name] = self._makers[name]()
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
+def lazy_group(typer_app: typer.Typer, name: Optional[str] = None, root: Optional[typer.Typer] = None) -> Any:
+    """The click group of a typer app (and of its sub-apps, which take the root's settings, as typer's do)
+    whose commands are built on first use."""
+    root = root or typer_app
+    from typer.core import TyperGroup
+    from typer.models import DefaultPlaceholder
+
+    def setting(value: Any) -> Any:
+        return value.value if isinstance(value, DefaultPlaceholder) else value
+
+    return TyperGroup(name=name, commands=_LazyCommands(typer_app, root), help=setting(typer_app.info.help),
+                      no_args_is_help=setting(typer_app.info.no_args_is_help), rich_markup_mode=root.rich_markup_mode)
+
+
 def main() -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback.
 
@@ -563,7 +620,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - the codes package is part of brcd
         CodesFileError = ()  # type: ignore[assignment,misc]
     try:
-        code = app(standalone_mode=False)
+        code = lazy_group(app)(standalone_mode=False)
     except click.NoArgsIsHelpError as exc:
         typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc), err=True)
         sys.exit(EXIT_USAGE)

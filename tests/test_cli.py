@@ -137,3 +137,20 @@ def test_info_names_the_simd_path_and_honours_the_cap(capsys, monkeypatch):
     code, out, _ = run_cli(["info", "--json"], capsys)
     info = json.loads(out)
     assert code == 0 and info["cpu_simd_scan"] == "scalar" and info["cpu_simd_lookup"] == "scalar"
+
+
+def test_commands_that_need_no_network_do_not_import_torch(tmp_path: Path):
+    """typer builds only the command that runs, so --method's registry (and torch) stays out of brcd index."""
+    import subprocess
+    import sys
+
+    from brcd_cli.codes import write_codes
+
+    codes = tmp_path / "c.bin"
+    write_codes(codes, np.zeros((10, 2), np.uint8), [str(i) for i in range(10)], 16, "ab" * 32, "cd" * 32)
+    script = ("import sys; from brcd_cli.cli import main\n"
+              "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+              "print('torch' in sys.modules, 'brcd_cli.losses' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, "index", str(codes)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,8 +93,11 @@ def test_an_installed_method_appears_in_the_cli_choices(tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "brcd_cli", *args], env=env, capture_output=True, text=True, timeout=120)
 
     shown = brcd("distill", "--help")
-    assert shown.returncode == 0 and "l2codes" in shown.stdout and "(a plugin)" in " ".join(shown.stdout.split())
-    assert "l2codes-heavy" in " ".join(brcd("experiment", "--help").stdout.split())
+    assert shown.returncode == 0 and "<brcd|none|kd|fitnet|rkd|pkt|sp|crd|l2codes>" in shown.stdout
+    listed = brcd("methods")
+    assert listed.returncode == 0 and "(a plugin)" in listed.stdout and "ablation l2codes-heavy: weight=5.0" in listed.stdout
+    table = json.loads(brcd("methods", "--json").stdout)
+    assert [m["name"] for m in table["methods"]][-1] == "l2codes" and table["rows"]["l2codes-heavy"]["weight"] == 5.0
     accepted = brcd("distill", "synthetic:8", "--teacher", str(tmp_path / "missing"), "--method", "l2codes")
     assert accepted.returncode == 4 and "model folder not found" in accepted.stderr  # past the choice check
     refused = brcd("distill", "synthetic:8", "--teacher", str(tmp_path / "missing"), "--method", "l3codes")
