@@ -60,9 +60,14 @@ def value_of(choice: Any) -> Any:
     return choice.value if isinstance(choice, Enum) else choice
 
 
-def check_model_options(bits: int, image_size: Optional[int], head: str, hidden: int, augment: Optional[str]) -> None:
-    """The options every hashing model is built from, as teacher and student options share them."""
-    one_of("bits", bits, VALID_BITS)
+def check_model_options(bits: Optional[int], image_size: Optional[int], head: str, hidden: int,
+                        augment: Optional[str]) -> None:
+    """The options every hashing model is built from, as teacher and student options share them.
+
+    None means "taken from elsewhere" (a student's bits and, by default, its
+    image size and augmentation are its teacher's), so there is nothing to check.
+    """
+    one_of("bits", bits, VALID_BITS, optional=True)
     within("image_size", image_size, *IMAGE_SIZES, optional=True)
     one_of("head", head, HEADS)
     at_least("hidden", hidden, 1)

@@ -83,7 +83,7 @@ class DistillOptions:
 
     def __post_init__(self) -> None:
         get_method(self.method)
-        check_model_options(64, self.image_size, self.head, self.hidden, self.augment)  # bits are the teacher's
+        check_model_options(None, self.image_size, self.head, self.hidden, self.augment)  # bits are the teacher's
         one_of("mask_rule", self.mask_rule, MASK_RULES)
         within("alpha", self.alpha, 0.0, 1.0)
         within("margin", self.margin, 0.0, 1.0)
