@@ -1,6 +1,6 @@
 """Image collections, splits and augmentation."""
 from .augment import Augmenter, iter_batches, load_batch, load_batch_tolerant, preload, to_tensor
-from .sources import ImageSource, digits_source, open_source, read_image_file, synthetic_source
+from .sources import ImageSource, decode_image, digits_source, open_source, read_image_file, synthetic_source
 from .splits import Split, make_split
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "open_source",
     "preload",
     "read_image_file",
+    "decode_image",
     "synthetic_source",
     "to_tensor",
 ]

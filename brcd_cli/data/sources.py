@@ -6,12 +6,13 @@ front, so a source over a million files costs only its path list.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -89,9 +90,7 @@ def read_image_file(path: Path) -> Image.Image:
     """Open one image file defensively; every refusal is a DataError saying why.
 
     Non-regular files are refused before opening (opening a FIFO would block
-    forever); the declared size is checked before any pixel is decoded, so a
-    decompression bomb costs nothing; truncated files fail instead of being
-    padded with grey.
+    forever); then :func:`decode_image` applies the decoding checks.
     """
     try:
         st = os.stat(path)
@@ -104,12 +103,24 @@ def read_image_file(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: not a regular file")
     if st.st_size == 0:
         raise DataError(f"cannot read image {path}: empty file")
+    return decode_image(path, str(path))
+
+
+def decode_image(data: Union[Path, bytes], name: str) -> Image.Image:
+    """Decode an image file or its bytes (an upload) to RGB, named ``name`` in every refusal.
+
+    The declared size is checked before any pixel is decoded, so a
+    decompression bomb costs nothing; truncated data fails instead of being
+    padded with grey.
+    """
+    if isinstance(data, bytes) and not data:
+        raise DataError(f"cannot read image {name}: empty file")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             width, height = im.size
             if width * height > Image.MAX_IMAGE_PIXELS:
                 raise DataError(
-                    f"cannot read image {path}: {width}x{height} pixels is above the {Image.MAX_IMAGE_PIXELS:,} pixel limit "
+                    f"cannot read image {name}: {width}x{height} pixels is above the {Image.MAX_IMAGE_PIXELS:,} pixel limit "
                     "(possible decompression bomb)"
                 )
             im.load()
@@ -120,11 +131,11 @@ def read_image_file(path: Path) -> Image.Image:
     except DataError:
         raise
     except Image.DecompressionBombError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise DataError(f"cannot read image {name}: {exc}") from None
     except UnidentifiedImageError:
-        raise DataError(f"cannot read image {path}: not an image Pillow can decode") from None
+        raise DataError(f"cannot read image {name}: not an image Pillow can decode") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise DataError(f"cannot read image {name}: {exc}") from None
 
 
 def _path_loader(paths: Sequence[Path]) -> Callable[[int], Image.Image]:
