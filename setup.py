@@ -83,6 +83,7 @@ packages = [p for p in find_packages(include=["brcd_cli", "brcd_cli.*"])] + ["br
 setup(
     packages=packages,
     package_dir={"brcd_cli.kernels": "kernels"},
+    package_data={"brcd_cli.serve": ["static/*.html"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext_cmd},
     # The CuPy backend compiles this source at run time where the extension was not built.

@@ -18,7 +18,7 @@ import typer
 
 from .errors import BrcdError, OptionError
 from . import choices
-from .options import value_of
+from .options import positive, value_of
 
 app = typer.Typer(
     add_completion=False,
@@ -324,6 +324,44 @@ def search_cmd(
         typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
     for h in hits:
         typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
+
+
+@app.command("serve")
+def serve_cmd(
+    codes: Optional[list[Path]] = typer.Option(None, "--codes", help="codes file to serve; repeat for shards (searched as one)"),
+    model: Path = typer.Option(..., "--model", help="model that encodes the queries (a student for ASHP)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
+    port: int = typer.Option(8000, "--port", help="port (0: any free one, printed at start)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="BRCD_TOKEN", help="require Authorization: Bearer TOKEN on the API"),
+    insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without a token"),
+    max_body_mb: float = typer.Option(20.0, "--max-body-mb", help="largest request body accepted, in MB"),
+    milvus: Optional[str] = typer.Option(None, "--milvus", help="serve a Milvus collection (server URI or Milvus Lite .db file) instead"),
+    collection: Optional[str] = typer.Option(None, "--collection", help="Milvus collection (with --milvus)"),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="folder that relative item paths are found under (repeatable)"),
+    exact_scan: bool = typer.Option(False, "--exact-scan", help="always scan, even where an index exists"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Load the model and the codes once and answer searches over HTTP: a JSON API and a page of thumbnails at /.
+
+    Binds to 127.0.0.1 unless told otherwise; a non-loopback address needs --token (or --insecure)."""
+    from .serve import check_bind, create_app, run_server
+    from .serve.service import SearchService
+    from .threads import set_threads
+
+    if bool(codes) == bool(milvus):
+        raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
+    if milvus and not collection:
+        raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
+    positive("max_body_mb", max_body_mb)
+    check_bind(host, token, insecure)
+    set_threads(threads)
+    service = SearchService(model, milvus or codes, collection=collection if milvus else None, use_index=not exact_scan,
+                            roots=images or (), log=log)
+    log(f"loaded {service.collection.count:,} {service.bits}-bit codes ({type(service.collection).__name__}) and {model}")
+    try:
+        run_server(create_app(service, token=token, max_body=int(max_body_mb * 1024 * 1024)), host, port, log=log)
+    finally:
+        service.close()
 
 
 @app.command("index")
