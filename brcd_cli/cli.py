@@ -520,6 +520,26 @@ def bench_lookup_cmd(
     _print_report(report, format_report, as_json)
 
 
+@bench_app.command("serve")
+def bench_serve_cmd(
+    model: Path = typer.Option(..., "--model", help="model the server encodes queries with"),
+    codes: Optional[Path] = typer.Option(None, "--codes", help="codes file to serve (default: --n random codes in the model's code space)"),
+    n: int = typer.Option(1_000_000, "--n", help="random codes when --codes is not given"),
+    clients: int = typer.Option(1, "--clients", help="concurrent clients, each on its own connection"),
+    requests: int = typer.Option(500, "--requests", help="searches in all (after a warm-up of 20)"),
+    k: int = typer.Option(10, "-k", "--k", help="nearest codes per search"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="the server's CPU threads (default: all cores)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Bounded load test of brcd serve on 127.0.0.1: queries/s, p50/p99 latency, decode/encode/search split, memory."""
+    from .bench.serve import ServeBenchConfig, format_report, run_serve_bench
+
+    report = run_serve_bench(ServeBenchConfig(model=model, codes=codes, n=n, clients=clients, requests=requests, k=k,
+                                              seed=seed, threads=threads), log=log)
+    _print_report(report, format_report, as_json)
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     data: str = typer.Argument(..., help="labelled data: digits, an image folder with class subfolders, a list file, CIFAR-10"),

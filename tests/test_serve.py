@@ -294,3 +294,41 @@ def test_a_stop_signal_ends_the_server_cleanly(served, signame: str) -> None:
         assert rest.strip().splitlines()[-1] == "stopped" and "Traceback" not in rest
     finally:
         proc.kill()
+
+
+def test_accepted_connections_have_nagle_off() -> None:
+    """A kept-alive client's next answer must not wait for a delayed ACK: asyncio sets TCP_NODELAY on our sockets."""
+    import asyncio
+    import socket
+
+    async def accepted_nodelay() -> int:
+        found: list[int] = []
+
+        async def on_client(reader, writer) -> None:
+            found.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_client, sock=open_socket("127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if found:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        return found[0]
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_bench_serve_runs_a_bounded_load_and_stops_its_server(served, capsys) -> None:
+    code, out, err = run_cli(["bench", "serve", "--model", str(served["model"]), "--n", "3000", "--requests", "40",
+                              "--clients", "4", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["errors"] == 0 and report["warmup_errors"] == 0 and report["server_exit_code"] == 0
+    assert report["requests"] == 40 and report["clients"] == 4 and report["queries_per_second"] > 0
+    assert set(report["latency_ms"]) == {"p50", "p90", "p99", "max"}
+    assert report["latency_ms"]["p50"] >= report["server_ms"]["total"]["p50"] and report["overhead_ms"]["p50"] >= 0
+    assert all(report["server_ms"][part]["p50"] >= 0 for part in ("decode", "encode", "search"))
