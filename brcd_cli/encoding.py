@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import pack_codes
-from .models import HashModel
+from .models import Encoder
 
 
 @torch.no_grad()
-def codes_of_images(model: HashModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def codes_of_images(model: Encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """+-1 codes (N, L) of uint8 (or [0, 1] float) images, resized to the model's input size if needed."""
     model.eval()
     size = model.config.image_size
@@ -26,6 +26,6 @@ def codes_of_images(model: HashModel, images: torch.Tensor, batch_size: int = 25
     return torch.cat(out)
 
 
-def packed_codes_of_images(model: HashModel, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def packed_codes_of_images(model: Encoder, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Packed uint8 codes (N, L/8), the layout of the codes file and the kernels."""
     return pack_codes(codes_of_images(model, images, batch_size).numpy())

@@ -11,7 +11,7 @@ import numpy as np
 from .data import ImageSource, load_batch_tolerant, read_image_file, to_tensor
 from .encoding import packed_codes_of_images
 from .errors import BrcdError, DataError
-from .models import code_space_of, load_model
+from .models import code_space_of, load_encoder
 from .options import positive
 from . import search
 from .search import Hit, check_compatible, open_collection
@@ -56,7 +56,7 @@ def encode_collection(
     positive("batch_size", batch_size)
     if out.is_dir():
         raise BrcdError(f"{out} is a folder; give a file name for the codes")
-    model, fingerprint = load_model(model_dir)
+    model, fingerprint = load_encoder(model_dir)
     metadata = {"model": str(model_dir), "arch": model.config.arch, "role": model.config.role, "data": source.name}
     size = model.config.image_size
     job = PartialCodes(out, model.config.bits, fingerprint, code_space_of(model.config, fingerprint),
@@ -203,7 +203,7 @@ def read_query_image(path: Path, size: int):
 
 def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
     """The packed code of a query image, with the model's bit length and code space."""
-    model, fingerprint = load_model(model_dir)
+    model, fingerprint = load_encoder(model_dir)
     packed = packed_codes_of_images(model, read_query_image(query, model.config.image_size))
     return packed, model.config.bits, code_space_of(model.config, fingerprint)
 

@@ -1,9 +1,12 @@
 """Hashing models, checkpoints and pretrained weights."""
-from .checkpoint import code_space_of, load_model, read_config, save_model
+from .checkpoint import code_space_of, load_encoder, load_model, read_config, save_model
+from .export import Encoder, ExportedModel
 from .hashing import HashModel, ModelConfig, VALID_BITS, create_backbone
 from .pretrained import cached_weights, load_backbone_weights
 
 __all__ = [
+    "Encoder",
+    "ExportedModel",
     "HashModel",
     "ModelConfig",
     "VALID_BITS",
@@ -11,6 +14,7 @@ __all__ = [
     "code_space_of",
     "create_backbone",
     "load_backbone_weights",
+    "load_encoder",
     "load_model",
     "read_config",
     "save_model",

@@ -3,7 +3,9 @@
 A checkpoint is a folder holding ``model.safetensors`` and ``config.json``.
 The config records the model's fingerprint (sha256 of the weights file), so
 codes files can name the model that produced them and refuse a model from
-another code space.
+another code space. Beside them, ``model.ts`` holds the traced inference
+program that :func:`load_encoder` runs without building the model through
+timm (:mod:`brcd_cli.models.export`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, save
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import ModelError
+from .export import Encoder, export_inference, load_exported
 from .hashing import HashModel, ModelConfig
 
 WEIGHTS = "model.safetensors"
@@ -42,12 +45,21 @@ def save_model(model: HashModel, directory: Path) -> str:
     atomic_write_bytes(directory / WEIGHTS, data)
     fingerprint = hashlib.sha256(data).hexdigest()
     doc = {"format": FORMAT, "fingerprint": fingerprint, "config": model.config.to_dict()}
+    exported = export_inference(model, directory)
+    if exported is not None:
+        doc["export"] = exported
     atomic_write_json(directory / CONFIG, doc)
     return fingerprint
 
 
 def read_config(directory: Path) -> tuple[ModelConfig, str]:
     """The config and fingerprint of a checkpoint folder, without loading weights."""
+    config, fingerprint, _ = _read_doc(directory)
+    return config, fingerprint
+
+
+def _read_doc(directory: Path) -> tuple[ModelConfig, str, dict]:
+    """The config, the fingerprint and the whole config.json document of a checkpoint folder."""
     directory = Path(directory)
     cfg_path = directory / CONFIG
     if not directory.is_dir():
@@ -60,7 +72,32 @@ def read_config(directory: Path) -> tuple[ModelConfig, str]:
         raise ModelError(f"{cfg_path} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("config"), dict):
         raise ModelError(f"{cfg_path} is not a {FORMAT} config")
-    return ModelConfig.from_dict(doc["config"]), str(doc.get("fingerprint", ""))
+    return ModelConfig.from_dict(doc["config"]), str(doc.get("fingerprint", "")), doc
+
+
+def _checked_weights(directory: Path, fingerprint: str) -> Path:
+    """The weights file, refused by name when it is missing or does not match the recorded fingerprint."""
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{directory} has a config but no {WEIGHTS}")
+    if fingerprint and _sha256(weights) != fingerprint:
+        raise ModelError(f"{weights} does not match the fingerprint in {CONFIG} (file changed or corrupt)")
+    return weights
+
+
+def load_encoder(directory: Path) -> tuple[Encoder, str]:
+    """A model to encode with: the saved inference program when there is a matching one, else the rebuilt model.
+
+    Both give the same codes (the program is checked against the model when it
+    is saved); the program skips importing timm and building the network.
+    """
+    directory = Path(directory)
+    config, fingerprint, doc = _read_doc(directory)
+    _checked_weights(directory, fingerprint)
+    exported = load_exported(directory, config, doc.get("export"))
+    if exported is not None:
+        return exported, fingerprint
+    return load_model(directory)
 
 
 def load_model(directory: Path, expect_role: str | None = None) -> tuple[HashModel, str]:
@@ -69,11 +106,7 @@ def load_model(directory: Path, expect_role: str | None = None) -> tuple[HashMod
     config, fingerprint = read_config(directory)
     if expect_role is not None and config.role != expect_role:
         raise ModelError(f"{directory} holds a {config.role}, expected a {expect_role}")
-    weights = directory / WEIGHTS
-    if not weights.is_file():
-        raise ModelError(f"{directory} has a config but no {WEIGHTS}")
-    if fingerprint and _sha256(weights) != fingerprint:
-        raise ModelError(f"{weights} does not match the fingerprint in {CONFIG} (file changed or corrupt)")
+    weights = _checked_weights(directory, fingerprint)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
-import timm
 import torch
 from torch import nn
 
@@ -70,6 +69,8 @@ class ModelConfig:
 
 def create_backbone(arch: str, image_size: int) -> nn.Module:
     """A timm model without its classifier (pooled features out), or a clear error for a bad name."""
+    import timm  # here, not at the top: encoding a query from a saved program never needs it (models/export.py)
+
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -85,6 +86,8 @@ def create_backbone(arch: str, image_size: int) -> nn.Module:
 
 def _takes_img_size(arch: str) -> bool:
     """Transformers fix their position embeddings to an input size; CNNs take any size."""
+    import timm
+
     cfg = timm.get_pretrained_cfg(arch)
     arch_name = arch.split(".")[0]
     return any(t in arch_name for t in ("vit", "deit", "beit", "eva", "swin", "maxvit", "coat", "mambaout")) or (

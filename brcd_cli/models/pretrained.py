@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-import timm
 import torch
 from torch import nn
 
@@ -21,6 +20,8 @@ from ..errors import ModelError
 
 def cached_weights(arch: str) -> Optional[Path]:
     """Path of timm's pretrained weights for ``arch`` if a local cache holds them, else None."""
+    import timm  # only training asks for weights; encoding must not pay timm's imports
+
     cfg = timm.get_pretrained_cfg(arch)
     if cfg is None:
         return None
@@ -65,6 +66,8 @@ def load_backbone_weights(
         path = Path(spec)
         if not path.is_file():
             raise ModelError(f"pretrained weights file not found: {spec}")
+    import timm
+
     from .hashing import _takes_img_size  # local import: avoid a cycle at module import
 
     kwargs = {"img_size": image_size} if _takes_img_size(arch) else {}

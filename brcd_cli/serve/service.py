@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from ..data import decode_image, to_tensor
 from ..encoding import packed_codes_of_images
 from ..errors import BrcdError
-from ..models import code_space_of, load_model
+from ..models import code_space_of, load_encoder
 from ..search import check_compatible, check_request, open_collection, query
 from .images import ItemImages
 
@@ -25,7 +25,7 @@ class SearchService:
 
     def __init__(self, model_dir: Path, codes: Union[str, Sequence[Path]], *, collection: Optional[str] = None,
                  use_index: bool = True, roots: Sequence[Path] = (), log: Callable[[str], None] = lambda _: None) -> None:
-        self.model, fingerprint = load_model(model_dir)
+        self.model, fingerprint = load_encoder(model_dir)
         self.model.eval()
         self.model_dir = Path(model_dir)
         self.bits = self.model.config.bits
