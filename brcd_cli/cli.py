@@ -295,35 +295,63 @@ def encode_cmd(
 
 @app.command("search")
 def search_cmd(
-    query: Path = typer.Argument(..., help="query image"),
+    queries: list[Path] = typer.Argument(..., help="query images, folders of them, or list files (one image path per line)"),
     codes: Optional[list[Path]] = typer.Option(None, "--codes", help="codes file from brcd encode; repeat for shards (searched as one)"),
     model: Path = typer.Option(..., "--model", help="model that encodes the query (a student for ASHP)"),
     k: int = typer.Option(10, "-k", "--k", help="number of nearest codes"),
     radius: Optional[int] = typer.Option(None, help="return every code within this Hamming distance (inclusive) instead of -k"),
     milvus: Optional[str] = typer.Option(None, "--milvus", help="search a Milvus collection (server URI or Milvus Lite .db file) instead of codes files"),
     collection: Optional[str] = typer.Option(None, "--collection", help="Milvus collection (default: from brcd export milvus)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON: one line per query"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML sheet of the queries and their hits"),
     exact_scan: bool = typer.Option(False, "--exact-scan", help="always scan the codes, even where an index (brcd index) exists"),
 ) -> None:
-    """Search codes files (or a Milvus collection) with an image: rank, Hamming distance and id of the nearest codes.
+    """Search codes files (or a Milvus collection) with images: rank, Hamming distance and id of the nearest codes.
 
+    Several queries (or a folder, or a list file) are searched in one process, the model and codes loaded once.
     A codes file with a valid index beside it (CODES.mih, from brcd index) is searched through the index when the
     request suits it (radius search, small -k); the results are the same as a scan's."""
-    from .pipeline import display_id, search_image
+    from .errors import DataError
+    from .pipeline import display_id, expand_queries, search_images
 
     if bool(codes) == bool(milvus):
         raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
     if milvus and not collection:
         raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
-    hits = search_image(query, milvus or codes, model, k=k, radius=radius, exact_scan=exact_scan,
-                        collection=collection if milvus else None, log=log)
-    if as_json:
-        typer.echo(json.dumps({"query": str(query), "radius": radius, "k": None if radius is not None else k, "results": [h.to_dict() for h in hits]}))
-        return
-    if not hits:
-        typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
-    for h in hits:
-        typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
+    paths = expand_queries(queries)
+    source = milvus or codes
+    results = search_images(paths, source, model, k=k, radius=radius, exact_scan=exact_scan,
+                            collection=collection if milvus else None, log=log)
+    failed = [r for r in results if r.error is not None]
+    if len(results) == 1 and failed:
+        raise DataError(failed[0].error)
+    for r in results:
+        if as_json:
+            row = r.to_dict()
+            typer.echo(json.dumps({"query": row["query"], "radius": radius, "k": None if radius is not None else k,
+                                   **{key: v for key, v in row.items() if key != "query"}}))
+            continue
+        if len(results) > 1:
+            typer.echo(f"query {display_id(str(r.query))}" + (f": {r.error}" if r.error else ""))
+        if r.error is None and not r.hits:
+            typer.echo("no codes found" + (f" within radius {radius}" if radius is not None else ""))
+        for h in r.hits:
+            typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
+    if html_out is not None:
+        log(f"results sheet: {_results_sheet(html_out, results, source, collection if milvus else None)}")
+    if failed:
+        raise DataError(f"{len(failed)} of {len(results)} query images could not be read (the first: {failed[0].error})")
+
+
+def _results_sheet(out: Path, results: list, source: Any, collection: Optional[str]) -> Path:
+    from .results_sheet import write_results_sheet
+    from .search import open_collection
+    from .serve.images import ItemImages
+
+    with open_collection(source, collection=collection) as opened:
+        files = [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)]
+        images = ItemImages(opened, [Path.cwd(), *(p.resolve().parent for p in files)])
+        return write_results_sheet(out, results, images, f"brcd search: {len(results)} queries against {opened.name}")
 
 
 @app.command("serve")

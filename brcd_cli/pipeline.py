@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from .data import ImageSource, load_batch_tolerant, read_image_file, to_tensor
 from .encoding import packed_codes_of_images
@@ -208,6 +209,80 @@ def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
     return packed, model.config.bits, code_space_of(model.config, fingerprint)
 
 
+@dataclass
+class QueryResult:
+    """One query of a batch: its hits (with their positions in the collection), or why it could not be read."""
+
+    query: Path
+    hits: list[Hit] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"query": str(self.query), "error": self.error}
+        return {"query": str(self.query), "results": [h.to_dict() for h in self.hits]}
+
+
+def expand_queries(paths: Sequence[Path]) -> list[Path]:
+    """Query images from what the user named: image files, folders of them (recursively, sorted), or list files.
+
+    A list file names one image per line (the first field, relative to the
+    file: the deep-hashing layout, labels ignored). A name that does not exist
+    stays as it is, so that its search says it was not found.
+    """
+    from .data.sources import IMAGE_EXTENSIONS, find_images
+
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                raise DataError(f"no query images found under {path} (a folder, not a regular file)")
+            out += found
+        elif path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read query list {path}: {exc}") from None
+            out += [path.parent / line.split()[0] for line in lines if line.strip()]
+        else:
+            out.append(path)
+    return out
+
+
+def search_images(queries: Sequence[Path], source: Union[Path, str, Sequence[Path]], model_dir: Path, k: int = 10,
+                  radius: Optional[int] = None, exact_scan: bool = False, collection: Optional[str] = None,
+                  batch_size: int = 64, log: Callable[[str], None] = lambda _: None) -> list[QueryResult]:
+    """Search with many query images in one process: the model and the collection are loaded once.
+
+    Readable queries are encoded in batches and searched together; one that
+    cannot be read gets its reason in its result and the others go on. The
+    collection is opened as :func:`search_image` opens it.
+    """
+    search.check_request(k, radius)
+    positive("batch_size", batch_size)
+    model, fingerprint = load_encoder(model_dir)
+    size = model.config.image_size
+    results = [QueryResult(Path(q)) for q in queries]
+    with open_collection(source, collection=collection, use_index=not exact_scan, log=log) as codes:
+        check_compatible(codes, model.config.bits, code_space_of(model.config, fingerprint))
+        for start in range(0, len(results), batch_size):
+            chunk, tensors = [], []
+            for r in results[start : start + batch_size]:
+                try:
+                    tensors.append(read_query_image(r.query, size))
+                    chunk.append(r)
+                except DataError as exc:
+                    r.error = str(exc)
+            if not chunk:
+                continue
+            found = search.query(codes, packed_codes_of_images(model, torch.cat(tensors)), k=k, radius=radius)
+            for q, r in enumerate(chunk):
+                r.hits, r.positions = found.hits(q), found.row(q)[1].tolist()
+    return results
+
+
 def search_image(query: Path, source: Union[Path, str, Sequence[Path]], model_dir: Path, k: int = 10,
                  radius: Optional[int] = None, exact_scan: bool = False, collection: Optional[str] = None,
                  log: Callable[[str], None] = lambda _: None) -> list[Hit]:
@@ -216,10 +291,10 @@ def search_image(query: Path, source: Union[Path, str, Sequence[Path]], model_di
     ``source`` is what :func:`brcd_cli.search.open_collection` opens: a codes
     file (through its index when one suits the request; ``exact_scan`` scans
     regardless, with the same hits), several codes files searched as one, or a
-    Milvus URI with ``collection``. Codes of another code space are refused.
+    Milvus URI with ``collection``. Codes of another code space are refused,
+    and so is a query that cannot be read (a DataError saying why).
     """
-    search.check_request(k, radius)
-    packed, bits, space = encode_query(query, model_dir)
-    with open_collection(source, collection=collection, use_index=not exact_scan, log=log) as codes:
-        check_compatible(codes, bits, space)
-        return search.query(codes, packed, k=k, radius=radius).hits(0)
+    result = search_images([query], source, model_dir, k, radius, exact_scan, collection, log=log)[0]
+    if result.error is not None:
+        raise DataError(result.error)
+    return result.hits

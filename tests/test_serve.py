@@ -332,3 +332,39 @@ def test_bench_serve_runs_a_bounded_load_and_stops_its_server(served, capsys) ->
     assert set(report["latency_ms"]) == {"p50", "p90", "p99", "max"}
     assert report["latency_ms"]["p50"] >= report["server_ms"]["total"]["p50"] and report["overhead_ms"]["p50"] >= 0
     assert all(report["server_ms"][part]["p50"] >= 0 for part in ("decode", "encode", "search"))
+
+
+def test_batch_search_answers_each_query_as_a_single_search_does(served, tmp_path: Path, capsys) -> None:
+    base = ["--codes", str(served["codes"]), "--model", str(served["model"]), "-k", "4", "--json"]
+    queries = [served["images"] / "red" / "red_3.png", served["images"] / "green" / "green_2.jpg"]
+    single = []
+    for q in queries:
+        code, out, err = run_cli(["search", str(q), *base], capsys)
+        assert code == 0, err
+        single.append(json.loads(out))
+    code, out, err = run_cli(["search", *map(str, queries), *base], capsys)
+    assert code == 0, err
+    assert [json.loads(line) for line in out.strip().splitlines()] == single
+    listing = tmp_path / "queries.txt"  # the deep-hashing layout: paths relative to the list, then labels
+    listing.write_text("".join(f"{os.path.relpath(q, tmp_path)} 1 0\n" for q in queries))
+    code, out, _ = run_cli(["search", str(listing), *base], capsys)
+    listed = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and [Path(r.pop("query")).resolve() for r in listed] == [q.resolve() for q in queries]
+    assert listed == [{k: v for k, v in r.items() if k != "query"} for r in single]
+    code, out, _ = run_cli(["search", str(served["images"] / "red"), *base], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 8
+
+
+def test_a_bad_query_in_a_batch_is_reported_and_the_others_answered(served, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    good = served["images"] / "blue" / "blue_1.png"
+    sheet = tmp_path / "sheet.html"
+    code, out, err = run_cli(["search", str(good), str(bad), "--codes", str(served["codes"]), "--model", str(served["model"]),
+                              "-k", "3", "--html", str(sheet)], capsys)
+    assert code == 3 and "1 of 2 query images could not be read" in err.strip().splitlines()[-1]
+    lines = out.strip().splitlines()
+    assert [line.startswith("query ") for line in lines] == [True, False, False, False, True] and "cannot read query image" in lines[-1]
+    page = sheet.read_text()
+    assert page.count("data:image/jpeg;base64,") == 1 + 3 and "broken.png" in page and "blue_1.png" in page
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # self-contained
