@@ -349,8 +349,7 @@ def _results_sheet(out: Path, results: list, source: Any, collection: Optional[s
     from .serve.images import ItemImages
 
     with open_collection(source, collection=collection) as opened:
-        files = [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)]
-        images = ItemImages(opened, [Path.cwd(), *(p.resolve().parent for p in files)])
+        images = ItemImages.beside(opened, source)
         return write_results_sheet(out, results, images, f"brcd search: {len(results)} queries against {opened.name}")
 
 

@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from PIL import Image
 
@@ -45,6 +45,13 @@ class ItemImages:
         self._lock = threading.Lock()
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._sources: dict[str, tuple[ImageSource, dict[str, int]]] = {}
+
+    @classmethod
+    def beside(cls, collection: Collection, source: Union[str, os.PathLike, Sequence[os.PathLike]],
+               roots: Sequence[Path] = ()) -> ItemImages:
+        """Item images found from the current folder, ``roots`` and the folders of the codes files in ``source``."""
+        files = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
+        return cls(collection, [Path.cwd(), *roots, *(p.resolve().parent for p in files)])
 
     def _position(self, index: int) -> int:
         if not 0 <= index < self.collection.count:

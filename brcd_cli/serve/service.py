@@ -7,7 +7,6 @@ blocking and thread-safe: the web app runs them off its event loop.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -36,8 +35,7 @@ class SearchService:
         except BrcdError:
             self.collection.close()
             raise
-        files = [Path(p) for p in ([codes] if isinstance(codes, (str, os.PathLike)) else codes)]
-        self.images = ItemImages(self.collection, [Path.cwd(), *roots, *(p.resolve().parent for p in files)])
+        self.images = ItemImages.beside(self.collection, codes, roots)
 
     def info(self) -> dict[str, Any]:
         from .. import kernels
