@@ -189,5 +189,8 @@ def test_milvus_collection_keeps_the_contract(tmp_path: Path) -> None:
         for k in (1, 10):  # Milvus breaks distance ties its own way: the distances agree
             got = [[d for d, _ in row] for row in _global(codes.search(q, k))]
             assert got == [[d for d, _ in row] for row in _want_knn(q, db, k)]
+        assert codes.item(7) == ("item-7", 7, None)
+        with pytest.raises(BrcdError, match="no item 300"):
+            codes.item(300)
         with pytest.raises(OptionError, match="for Milvus"):
             codes.search(q, 20000)

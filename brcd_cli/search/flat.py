@@ -7,7 +7,6 @@ second per core, exactly, with ties broken by position.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -19,38 +18,25 @@ from .base import CollectionBase, Item, SearchResult
 class FlatCodes(CollectionBase):
     """Packed codes (n, bits/8) with their ids, searched by linear scan.
 
-    Built from arrays (``FlatCodes(codes, ids, ...)``) or from a codes file
-    (:meth:`open`, memory-mapped: nothing is read until a search touches it).
+    Built from arrays (``FlatCodes(codes, ids, ...)``) or from an open codes
+    file (:meth:`of_file`, memory-mapped: nothing is read until a search touches it).
     """
 
     def __init__(self, codes: np.ndarray, ids: Sequence[str], *, bits: Optional[int] = None, code_space: str = "",
-                 producer: str = "", name: str = "codes", threads: Optional[int] = None, source: Any = None) -> None:
+                 name: str = "codes", threads: Optional[int] = None, source: Any = None) -> None:
         self.codes = codes
         self.ids = ids
         self.bits = int(bits if bits is not None else 8 * codes.shape[1])
         self.code_space = code_space
-        self.producer = producer
         self.count = int(codes.shape[0])
         self.name = name
         self.threads = threads
         self._source = source  # an open CodesFile, closed with the collection
 
     @classmethod
-    def open(cls, path: os.PathLike[str] | str, threads: Optional[int] = None) -> FlatCodes:
-        """A codes file as a flat collection."""
-        from ..codes import read_codes
-
-        return cls.of_file(read_codes(path), threads=threads)
-
-    @classmethod
     def of_file(cls, codes: Any, threads: Optional[int] = None) -> FlatCodes:
         """An open :class:`brcd_cli.codes.CodesFile` as a flat collection (which then owns it)."""
-        return cls(codes.codes, codes.ids, bits=codes.bits, code_space=codes.code_space, producer=codes.producer,
-                   name=os.fspath(codes.path), threads=threads, source=codes)
-
-    @property
-    def path(self) -> Optional[Path]:
-        return Path(self._source.path) if self._source is not None else None
+        return cls(codes.codes, codes.ids, bits=codes.bits, code_space=codes.code_space, name=os.fspath(codes.path), threads=threads, source=codes)
 
     def item(self, index: int) -> Item:
         return Item(self.ids[index], index)

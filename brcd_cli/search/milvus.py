@@ -135,12 +135,14 @@ class MilvusCollection(CollectionBase):
         self.name = f"collection {collection}"
         self.bits = int(info["bits"])
         self.code_space = str(info.get("code_space", ""))
-        self.producer = str(info.get("producer", ""))
         self.count = int(self._client.get_collection_stats(collection).get("row_count", 0))
-        self._ids: dict[int, str] = {}
 
     def item(self, index: int) -> Item:
-        return Item(self._ids[index], index)
+        """Looked up in Milvus; a result names its own hits from what the search returned (no lookup, nothing kept)."""
+        rows = self._client.get(self.collection, ids=[int(index)], output_fields=["item_id"])
+        if not rows:
+            raise BrcdError(f"no item {index} in {self.name}")
+        return Item(rows[0]["item_id"], int(index))
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         if k > MAX_LIMIT:
@@ -156,15 +158,14 @@ class MilvusCollection(CollectionBase):
         """Rows sorted by (distance, index); with a radius, an error rather than a silently truncated answer."""
         found_rows = self._client.search(self.collection, data=[q.tobytes() for q in queries], limit=limit,
                                          anns_field="code", search_params=params, output_fields=["item_id"])
-        rows = []
+        rows, ids = [], {}
         for found in found_rows:
             if radius is not None and len(found) >= MAX_LIMIT:
                 raise BrcdError(f"more than {MAX_LIMIT} codes lie within radius {radius}; use a smaller radius or -k")
-            for h in found:
-                self._ids[int(h["id"])] = h["entity"]["item_id"]
+            ids.update((int(h["id"]), h["entity"]["item_id"]) for h in found)
             rows.append((np.array([int(round(h["distance"])) for h in found], dtype=np.int32),
                          np.array([int(h["id"]) for h in found], dtype=np.int64)))
-        return ranked(rows, None, self.item)
+        return ranked(rows, None, lambda i: Item(ids[i], i))
 
     def close(self) -> None:
         self._client.close()
