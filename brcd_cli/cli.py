@@ -314,14 +314,9 @@ def search_cmd(
     from .errors import DataError
     from .pipeline import display_id, expand_queries, search_images
 
-    if bool(codes) == bool(milvus):
-        raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
-    if milvus and not collection:
-        raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
+    source, collection = _collection_source(codes, milvus, collection)
     paths = expand_queries(queries)
-    source = milvus or codes
-    results = search_images(paths, source, model, k=k, radius=radius, exact_scan=exact_scan,
-                            collection=collection if milvus else None, log=log)
+    results = search_images(paths, source, model, k=k, radius=radius, exact_scan=exact_scan, collection=collection, log=log)
     failed = [r for r in results if r.error is not None]
     if len(results) == 1 and failed:
         raise DataError(failed[0].error)
@@ -338,9 +333,19 @@ def search_cmd(
         for h in r.hits:
             typer.echo(f"{h.rank:>4}  {h.distance:>3}  {display_id(h.id)}")
     if html_out is not None:
-        log(f"results sheet: {_results_sheet(html_out, results, source, collection if milvus else None)}")
+        log(f"results sheet: {_results_sheet(html_out, results, source, collection)}")
     if failed:
         raise DataError(f"{len(failed)} of {len(results)} query images could not be read (the first: {failed[0].error})")
+
+
+def _collection_source(codes: Optional[list[Path]], milvus: Optional[str],
+                       collection: Optional[str]) -> tuple[Any, Optional[str]]:
+    """What --codes or --milvus/--collection name, as open_collection takes it (the collection only with Milvus)."""
+    if bool(codes) == bool(milvus):
+        raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
+    if milvus and not collection:
+        raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
+    return (milvus, collection) if milvus else (codes, None)
 
 
 def _results_sheet(out: Path, results: list, source: Any, collection: Optional[str]) -> Path:
@@ -375,14 +380,11 @@ def serve_cmd(
     from .serve.service import SearchService
     from .threads import set_threads
 
-    if bool(codes) == bool(milvus):
-        raise BrcdError("give either --codes (one or more codes files) or --milvus URI")
-    if milvus and not collection:
-        raise BrcdError("--milvus needs --collection (the name brcd export milvus printed)")
+    source, collection = _collection_source(codes, milvus, collection)
     positive("max_body_mb", max_body_mb)
     check_bind(host, token, insecure)
     set_threads(threads)
-    service = SearchService(model, milvus or codes, collection=collection if milvus else None, use_index=not exact_scan,
+    service = SearchService(model, source, collection=collection, use_index=not exact_scan,
                             roots=images or (), log=log)
     log(f"loaded {service.collection.count:,} {service.bits}-bit codes ({type(service.collection).__name__}) and {model}")
     try:
