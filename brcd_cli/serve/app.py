@@ -40,6 +40,7 @@ def create_app(service: SearchService, token: Optional[str] = None, max_body: in
     """A FastAPI app serving ``service``."""
     app = FastAPI(title="brcd", docs_url=None, redoc_url=None, openapi_url=None)
     page = page_html()
+    too_large = f"the request body is larger than the {max_body:,}-byte limit"
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -72,7 +73,7 @@ def create_app(service: SearchService, token: Optional[str] = None, max_body: in
                 return error(401, "a valid bearer token is required (Authorization: Bearer <token>)")
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > max_body):
-            return error(413, f"the request body is larger than the {max_body:,}-byte limit")
+            return error(413, too_large)
         return await call_next(request)
 
     async def read_body(request: Request) -> bytes:
@@ -81,7 +82,7 @@ def create_app(service: SearchService, token: Optional[str] = None, max_body: in
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body:
-                raise HTTPException(413, f"the request body is larger than the {max_body:,}-byte limit")
+                raise HTTPException(413, too_large)
             chunks.append(chunk)
         return b"".join(chunks)
 
