@@ -630,6 +630,11 @@ def info_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
             typer.echo(f"{key}:")
             for k2, v2 in value.items():
                 typer.echo(f"  {k2}: {v2}")
+        elif isinstance(value, list) and all(isinstance(row, dict) and row for row in value):
+            typer.echo(f"{key}:")  # one line per row, named by its first field
+            for row in value:
+                (_, name), *rest = row.items()
+                typer.echo(f"  {name}: " + ", ".join(f"{k2}={v2}" for k2, v2 in rest))
         else:
             typer.echo(f"{key}: {value}")
 

@@ -1,4 +1,4 @@
-"""What ``brcd info`` reports: versions, kernel backends and the one that runs.
+"""What ``brcd info`` reports: versions, kernel backends and the one that runs, offline pretrained backbones.
 
 A forced backend that is unknown or missing, or a bad BRCD_SIMD, shows up as
 the reason in the report instead of failing it: `brcd info` is where a user
@@ -36,7 +36,15 @@ def collect_info() -> dict[str, Any]:
         **_simd_info(),
         **_gpu_info(),
         **_registry_info(),
+        "pretrained_offline": _offline_info(),
     }
+
+
+def _offline_info() -> list[dict[str, Any]]:
+    """Backbones whose ImageNet weights can come from an installed package, so a user sees what ``auto`` will find."""
+    from .models.offline_weights import available_offline_backbones
+
+    return available_offline_backbones()
 
 
 def _simd_info() -> dict[str, Any]:

