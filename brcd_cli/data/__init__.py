@@ -1,5 +1,6 @@
 """Image collections, splits and augmentation."""
 from .augment import Augmenter, iter_batches, load_batch, load_batch_tolerant, preload, to_tensor
+from .photos import photos_source
 from .sources import ImageSource, decode_image, digits_source, open_source, read_image_file, synthetic_source
 from .splits import Split, make_split
 
@@ -13,6 +14,7 @@ __all__ = [
     "load_batch_tolerant",
     "make_split",
     "open_source",
+    "photos_source",
     "preload",
     "read_image_file",
     "decode_image",

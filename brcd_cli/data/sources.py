@@ -334,9 +334,18 @@ def cifar10_source(root: Path) -> ImageSource:
 
 
 def open_source(spec: str) -> ImageSource:
-    """Resolve a ``DATA`` argument: ``digits``, ``synthetic[:N]``, a CIFAR-10 folder, an image folder or a list file."""
+    """Resolve a ``DATA`` argument: ``digits``, ``synthetic[:N]``, ``photos[:N]``, a CIFAR-10 folder, an image folder or a list file."""
     if spec == "digits":
         return digits_source()
+    if spec == "photos" or spec.startswith("photos:"):
+        from .photos import photos_source  # photos builds on this module, so it is imported here
+
+        _, _, n = spec.partition(":")
+        try:
+            n_per_class = int(n) if n else 25
+        except ValueError:
+            raise DataError(f"bad photos spec {spec!r}; use photos or photos:N (N items per class)") from None
+        return photos_source(n_per_class=n_per_class)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         _, _, n = spec.partition(":")
         try:
@@ -345,7 +354,10 @@ def open_source(spec: str) -> ImageSource:
             raise DataError(f"bad synthetic spec {spec!r}; use synthetic or synthetic:N") from None
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"data not found: {spec} (give a folder of images, a list file, a CIFAR-10 folder or 'digits')")
+        raise DataError(
+            f"data not found: {spec} (give a folder of images, a list file, a CIFAR-10 folder, "
+            "'digits', 'synthetic[:N]' or 'photos[:N]')"
+        )
     if path.is_dir():
         if (path / "data_batch_1").is_file():
             return cifar10_source(path)

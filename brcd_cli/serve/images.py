@@ -4,7 +4,7 @@ A request names an item only by its position in the served collection; the
 image is then found from that item's own id, never from anything the request
 says: an id that is an image file (absolute, or relative to the folders the
 server was started in and the codes files lie in), or an item of a data set
-that ships with brcd (``digits/...``, ``synthetic/...``), looked up by id.
+that ships with brcd (``digits/...``, ``synthetic/...``, ``photos/...``), looked up by id.
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from ..search import Collection
 
 THUMB_SIZE = 160
 THUMB_CACHE = 4096  # thumbnails kept (a few KB each)
+# A photos item depends only on its class and its number within it, so one source this
+# deep holds the ids of every ``photos:N`` collection with N up to this (ids cost ~2 MB).
+PHOTOS_PER_CLASS = 1000
 
 
 class ItemNotFound(DataError):
@@ -30,9 +33,13 @@ class ItemNotFound(DataError):
 
 
 def _built_in(name: str) -> Optional[ImageSource]:
-    from ..data import digits_source, synthetic_source
+    from ..data import digits_source, photos_source, synthetic_source
 
-    makers: dict[str, Callable[[], ImageSource]] = {"digits": digits_source, "synthetic": synthetic_source}
+    makers: dict[str, Callable[[], ImageSource]] = {
+        "digits": digits_source,
+        "synthetic": synthetic_source,
+        "photos": lambda: photos_source(n_per_class=PHOTOS_PER_CLASS),
+    }
     return makers[name]() if name in makers else None
 
 
