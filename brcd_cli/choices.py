@@ -10,11 +10,13 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from .options import AUGMENT_RECIPES, HEADS, MASK_RULES, choice_enum
+from .options import AUGMENT_RECIPES, HEADS, MASK_RULES, TEACHER_METHODS, DEMO_DATA, choice_enum
 
 Head = choice_enum("Head", HEADS)
 Augment = choice_enum("Augment", AUGMENT_RECIPES)
 MaskRule = choice_enum("MaskRule", MASK_RULES)
+TeacherMethod = choice_enum("TeacherMethod", TEACHER_METHODS)
+DemoData = choice_enum("DemoData", DEMO_DATA)
 Device = choice_enum("Device", ("cpu", "cuda"))
 GpuDevice = choice_enum("GpuDevice", ("cuda",))
 

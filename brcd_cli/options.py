@@ -17,6 +17,8 @@ from .errors import OptionError
 
 VALID_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
 HEADS = ("linear", "mlp")  # built by brcd_cli.models.hashing
+TEACHER_METHODS = ("cibhash", "lsh", "itq")  # brcd_cli.training.teacher: the learned teacher and two closed-form floors
+DEMO_DATA = ("photos", "digits")  # brcd_cli.demo.SETTINGS
 AUGMENT_RECIPES = ("photo", "digits", "none")  # implemented by brcd_cli.data.augment
 MASK_RULES = ("consistent", "opposite")  # implemented by brcd_cli.training.clustering
 IMAGE_SIZES = (8, 1024)

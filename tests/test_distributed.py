@@ -170,9 +170,10 @@ def _epoch_losses(text: str) -> list[float]:
 
 
 def test_two_process_training_matches_one_process(tmp_path: Path):
-    """gloo, 2 processes, same global batch: the same loss per epoch (frozen backbone, so no per-process BatchNorm)."""
+    """gloo, 2 processes, same global batch: the same loss per epoch (frozen backbone, so no per-process BatchNorm;
+    no feature cache, which is a single-process feature, so both runs augment the same way)."""
     args = ["train-teacher", "synthetic:96", "--arch", TINY_ARCH, "--bits", "16", "--image-size", "16", "--pretrained", "none",
-            "--freeze-backbone", "--epochs", "3", "--batch-size", "32", "--threads", "1"]
+            "--freeze-backbone", "--no-feature-cache", "--epochs", "3", "--batch-size", "32", "--threads", "1"]
     one = subprocess.run([sys.executable, "-m", "brcd_cli", *args, "--out", str(tmp_path / "one")],
                          env=_env(), capture_output=True, timeout=180)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brcd_cli",

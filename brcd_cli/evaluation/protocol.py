@@ -10,26 +10,53 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 from ..data import ImageSource, iter_batches, make_split
-from ..encoding import packed_codes_of_images
+from ..encoding import features_of, packed_codes_of_images
 from ..errors import BrcdError
-from ..models import HashModel
+from ..kernels import pack_codes
+from ..models import HashModel, backbone_digest
 from ..options import positive
 from .metrics import mean_average_precision, precision_within_radius
 
 
 def encode_with(models: dict[str, HashModel], source: ImageSource, indices: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Packed codes of the same images under several models (decoding each image once)."""
+    """Packed codes of the same images under several models, decoding each image once.
+
+    Models that share a frozen backbone (a teacher and the LSH/ITQ floors on
+    the same pretrained network, say) run that backbone once per batch and
+    only their heads apart: the codes are the same as each model's own.
+    """
     size = max(m.config.image_size for m in models.values())
     parts: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    groups = _shared_backbones(models)
     for _, images in iter_batches(source, indices, size, batch_size):
-        for name, model in models.items():
-            parts[name].append(packed_codes_of_images(model, images, batch_size))
+        for names in groups:
+            first = models[names[0]]
+            if len(names) == 1:
+                parts[names[0]].append(packed_codes_of_images(first, images, batch_size))
+                continue
+            features = features_of(first, images, batch_size)
+            for name in names:
+                with torch.no_grad():
+                    logits = models[name].head(features)
+                parts[name].append(pack_codes(torch.where(logits >= 0, 1.0, -1.0).numpy()))
     return {
         name: np.concatenate(p) if p else np.zeros((0, models[name].config.bits // 8), dtype=np.uint8)
         for name, p in parts.items()
     }
+
+
+def _shared_backbones(models: dict[str, HashModel]) -> list[list[str]]:
+    """Model names grouped by identical backbone input and weights (same size, normalisation and digest)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, model in models.items():
+        key: tuple = (name,)
+        if isinstance(model, HashModel):
+            key = (model.config.image_size, tuple(model.config.mean), tuple(model.config.std), backbone_digest(model))
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
 
 
 def retrieval_scores(q: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray, top_k: Optional[int]) -> dict[str, float]:

@@ -6,6 +6,7 @@ travel with the checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -201,3 +202,18 @@ class HashModel(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         h = self.forward(images)
         return torch.where(h >= 0, 1.0, -1.0)
+
+
+def digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    """Feed a tensor's shape, dtype and bytes to a hash: equal digests mean equal tensors."""
+    h.update(str((tuple(t.shape), str(t.dtype))).encode())
+    h.update(t.detach().contiguous().cpu().numpy().tobytes())
+
+
+def backbone_digest(model: HashModel) -> str:
+    """sha256 of a backbone's weights and buffers: what a cached feature depends on besides its input."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        h.update(name.encode())
+        digest_tensor(h, tensor)
+    return h.hexdigest()

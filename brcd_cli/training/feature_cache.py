@@ -1,29 +1,35 @@
-"""A disk cache of frozen-network outputs, so that distillation trains only the heads.
+"""A disk cache of frozen-backbone features of augmented views, shared by every run that needs them.
 
-In the paper's setting the teacher and the student's backbone are frozen:
-every epoch would recompute the same expensive forwards on fresh augmented
-views. Instead, once per (student backbone, teacher, data, augmentation, V,
-seed), brcd draws a pool of V augmented views of every training image and
-stores, as memory-mapped .npy arrays:
+In the paper's setting every backbone is frozen (the teacher's while it
+trains its hash head, the teacher's again while a student distils from it,
+and the student's): each epoch would recompute the same expensive forwards on
+fresh augmented views. Instead brcd draws a pool of V augmented views of
+every training image once (a :class:`ViewSet`) and stores, per frozen
+backbone, memory-mapped .npy arrays:
 
-    student.npy         (N, V, d_s) float32  student backbone features of each view
-    teacher_logits.npy  (N, V, L)   float32  teacher logits (codes = sign) of the same view
-    teacher_hidden.npy  (N, V, d_t) float32  the input of the teacher's hash layer (FitNet's hint)
-    clean.npy           (N, d_s)    float32  student features of the test-time image (validation database)
-    meta.json                                the fingerprint inputs, written last
+    views.npy   (N, V, d) float32  backbone features of view v of image i
+    clean.npy   (N, d)    float32  backbone features of the test-time image (the validation database)
+    meta.json                      the fingerprint inputs, written last
 
-Each training step then picks two different views of every image in the
-batch from the pool (BRCD needs t and t' of two views) and runs only the
-heads. View v of image i is drawn with a generator seeded from (seed, i, v)
-alone, so any single view can be recomputed directly and compared with the
-cache (see :func:`augmented_view`). The fingerprint covers the student
-backbone's weights, the teacher's fingerprint, the training images' bytes,
-the recipe, V and the seed: any change makes a new cache instead of reusing
-a stale one. The pool is finite, so the student sees V views per image
-rather than a fresh view every epoch; V trades disk and build time for that.
+A training step then picks two different views of every image in the batch
+and runs only the heads: the teacher's head on the teacher's cached features
+gives its logits (and, for FitNet, its hash-layer input) of exactly the view
+the student sees. View v of image i is drawn with a generator seeded from
+(seed, i, v) alone, at the view set's size, then resized to each network's
+input size, so any single view can be recomputed directly and compared with
+the cache (see :meth:`ViewSet.view`).
+
+One cache per (backbone weights, input size, normalisation, view set, test
+images): a teacher's training cache is the teacher side of every student of
+it, and a student backbone's cache serves every method and seed of a grid
+that uses the same views. The fingerprint covers all of those inputs, so a
+change makes a new cache instead of reusing a stale one. The pool is finite:
+a run sees V views per image rather than a fresh view every epoch; V trades
+disk and build time for that.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -35,17 +41,19 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_write_json
 from ..data import Augmenter
 from ..errors import BrcdError
-from ..models import HashModel
+from ..encoding import features_of, resized
+from ..models import HashModel, backbone_digest
+from ..models.hashing import digest_tensor
+from ..progress import Progress
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 META = "meta.json"
-ARRAYS = ("student", "teacher_logits", "teacher_hidden", "clean")
+ARRAYS = ("views", "clean")
 
 
 def split_head(head: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +67,7 @@ def split_head(head: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, t
 @torch.no_grad()
 def teacher_outputs(teacher: HashModel, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hash-layer input, logits) of a frozen teacher on float views, resized to its input size."""
-    size = teacher.config.image_size
-    if views.shape[-1] != size or views.shape[-2] != size:
-        views = F.interpolate(views, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return split_head(teacher.head, teacher.features(views))
+    return split_head(teacher.head, teacher.features(resized(views, teacher.config.image_size)))
 
 
 def view_seed(seed: int, image: int, view: int) -> int:
@@ -76,38 +81,72 @@ def augmented_view(image: torch.Tensor, augmenter: Augmenter, seed: int, image_i
     return augmenter(image[None].float().div(255.0), g)
 
 
-def _digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
-    h.update(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(t.detach().contiguous().cpu().numpy().tobytes())
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        digest_tensor(h, t)
+    return h.hexdigest()
 
 
-def cache_fingerprint(
-    student: HashModel, teacher_fingerprint: str, images: torch.Tensor, image_indices: np.ndarray,
-    augment: str, views: int, seed: int,
-) -> tuple[str, dict]:
+@dataclass(frozen=True)
+class ViewSet:
+    """V augmented views of N uint8 images (at the view size): the positives a cached run draws from.
+
+    ``indices`` are the images' indices in the source (the per-view seeds use
+    them, so a view does not depend on batching or on which other images are
+    in the set). ``digest`` identifies the set for cache fingerprints.
+    """
+
+    images: torch.Tensor
+    indices: np.ndarray
+    augment: str
+    views: int
+    seed: int
+    digest: str
+
+    @classmethod
+    def of(cls, images: torch.Tensor, indices: np.ndarray, augment: str, views: int, seed: int) -> "ViewSet":
+        if views < 2:
+            raise BrcdError(f"the feature cache needs at least 2 views per image (t and t'), got {views}")
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) != images.shape[0]:
+            raise BrcdError(f"{images.shape[0]} images but {len(indices)} indices for the view set")
+        Augmenter(augment)  # an unknown recipe fails here, before any work
+        data = tensor_digest(images, torch.from_numpy(indices))
+        digest = hashlib.sha256(json.dumps([data, augment, int(views), int(seed)]).encode()).hexdigest()
+        return cls(images, indices, augment, int(views), int(seed), digest)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def view(self, position: int, v: int) -> torch.Tensor:
+        """View ``v`` of image ``position`` as a float batch of one at the view size."""
+        return augmented_view(self.images[position], Augmenter(self.augment), self.seed, int(self.indices[position]), v)
+
+    def batch(self, positions: range, v: int) -> torch.Tensor:
+        return torch.cat([self.view(p, v) for p in positions])
+
+
+def cache_fingerprint(model: HashModel, view_set: ViewSet, clean_images: torch.Tensor) -> tuple[str, dict]:
     """sha256 over everything the cached arrays depend on, and the readable part of it for meta.json."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(student.backbone.state_dict().items()):
-        h.update(name.encode())
-        _digest_tensor(h, tensor)
-    backbone_digest = h.hexdigest()
-    h = hashlib.sha256()
-    _digest_tensor(h, images)
-    _digest_tensor(h, torch.from_numpy(np.asarray(image_indices, dtype=np.int64)))
-    data_digest = h.hexdigest()
     inputs = {
         "version": CACHE_VERSION,
-        "student_arch": student.config.arch,
-        "student_image_size": student.config.image_size,
-        "student_mean": list(student.config.mean),
-        "student_std": list(student.config.std),
-        "student_backbone_sha256": backbone_digest,
-        "teacher_fingerprint": teacher_fingerprint,
-        "data_sha256": data_digest,
-        "images": int(images.shape[0]),
-        "augment": augment,
-        "views": int(views),
-        "seed": int(seed),
+        "arch": model.config.arch,
+        "image_size": model.config.image_size,
+        "mean": list(model.config.mean),
+        "std": list(model.config.std),
+        "backbone_sha256": backbone_digest(model),
+        "view_set_sha256": view_set.digest,
+        "view_size": view_set.size,
+        "clean_sha256": tensor_digest(clean_images),
+        "images": len(view_set),
+        "augment": view_set.augment,
+        "views": view_set.views,
+        "seed": view_set.seed,
     }
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return fingerprint, inputs
@@ -119,14 +158,16 @@ class FeatureCache:
 
     path: Path
     fingerprint: str
-    student: np.ndarray
-    teacher_logits: np.ndarray
-    teacher_hidden: np.ndarray
+    views: np.ndarray
     clean: np.ndarray
 
     @property
-    def views(self) -> int:
-        return int(self.student.shape[1])
+    def n_views(self) -> int:
+        return int(self.views.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.views.shape[2])
 
     @classmethod
     def open(cls, path: Path) -> "FeatureCache":
@@ -134,63 +175,63 @@ class FeatureCache:
         try:
             meta = json.loads((path / META).read_text(encoding="utf-8"))
             arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise BrcdError(f"feature cache {path} is unreadable ({exc}); delete it to rebuild") from None
         return cls(path=path, fingerprint=meta["fingerprint"], **arrays)
 
     def draw_views(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Two different pool views per image: v1 uniform, v2 uniform among the others."""
-        v = self.views
+        v = self.n_views
         first = torch.randint(0, v, (n,), generator=generator)
         second = (first + torch.randint(1, v, (n,), generator=generator)) % v
         return first.numpy(), second.numpy()
 
-    def rows(self, positions: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(student features, teacher logits, teacher hash-layer inputs) of view views[k] of image positions[k]."""
-        return (
-            torch.from_numpy(np.asarray(self.student[positions, views])),
-            torch.from_numpy(np.asarray(self.teacher_logits[positions, views])),
-            torch.from_numpy(np.asarray(self.teacher_hidden[positions, views])),
-        )
+    def rows(self, positions: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        """Features of view views[k] of image positions[k]."""
+        return torch.from_numpy(np.asarray(self.views[positions, views]))
+
+    def clean_features(self) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.clean))
+
+
+def default_cache_root() -> Optional[Path]:
+    """``BRCD_CACHE_DIR`` when set: one place for every run's caches (else each run's default folder)."""
+    root = os.environ.get("BRCD_CACHE_DIR")
+    return Path(root) if root else None
 
 
 def build_or_open(
     root: Path,
-    student: HashModel,
-    teacher: HashModel,
-    teacher_fingerprint: str,
-    images: torch.Tensor,
-    image_indices: np.ndarray,
-    augment: str,
-    views: int,
-    seed: int,
-    batch_size: int = 256,
+    model: HashModel,
+    view_set: ViewSet,
+    clean_images: torch.Tensor,
+    batch_size: int = 64,
     log: Callable[[str], None] = print,
 ) -> FeatureCache:
-    """Open the cache for these inputs under ``root``, building it first if it is missing.
+    """Open the cache of ``model``'s backbone on these views under ``root``, building it first if missing.
 
-    ``images`` are the uint8 training images (N, 3, H, W) and ``image_indices``
-    their indices in the source (the per-view seeds use them). Building
-    writes into a temporary folder renamed into place at the end, so an
-    interrupted build never leaves a cache that looks complete.
+    ``clean_images`` are the uint8 test-time images (N, 3, H, W) of the same
+    items, at the network's input size. The backbone must not change while
+    the cache is in use: callers pass a frozen one. Building writes into a
+    temporary folder renamed into place at the end, so an interrupted build
+    never leaves a cache that looks complete, and two runs racing to build
+    the same cache both end with one good copy.
     """
-    if views < 2:
-        raise BrcdError(f"the feature cache needs at least 2 views per image (t and t'), got {views}")
-    if not student.config.freeze_backbone:
-        raise BrcdError("the feature cache needs a frozen student backbone (--freeze-backbone)")
-    fingerprint, inputs = cache_fingerprint(student, teacher_fingerprint, images, image_indices, augment, views, seed)
+    if clean_images.shape[0] != len(view_set):
+        raise BrcdError(f"{clean_images.shape[0]} test-time images for a view set of {len(view_set)}")
+    fingerprint, inputs = cache_fingerprint(model, view_set, clean_images)
     root = Path(root)
     final = root / fingerprint[:24]
     if (final / META).is_file():
         cache = FeatureCache.open(final)
         if cache.fingerprint == fingerprint:
-            log(f"feature cache: reusing {final} ({views} views of {images.shape[0]} images)")
+            log(f"feature cache: reusing {final} ({model.config.arch}, {view_set.views} views of {len(view_set)} images)")
             return cache
         shutil.rmtree(final)  # same prefix, other inputs: stale, and ours to replace
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     try:
-        _build(tmp, student, teacher, images, image_indices, Augmenter(augment), views, seed, batch_size, log)
+        _build(tmp, model, view_set, clean_images, batch_size, log)
         atomic_write_json(tmp / META, {"fingerprint": fingerprint, **inputs})
         try:
             os.replace(tmp, final)
@@ -206,54 +247,48 @@ def build_or_open(
 
 
 @torch.no_grad()
-def _build(
-    folder: Path, student: HashModel, teacher: HashModel, images: torch.Tensor, image_indices: np.ndarray,
-    augmenter: Augmenter, views: int, seed: int, batch_size: int, log: Callable[[str], None],
-) -> None:
-    student.eval()
-    teacher.eval()
-    n = images.shape[0]
-    probe = images[:1].float().div(255.0)
-    d_s = student.features(probe).shape[1]
-    t_hidden, t_logits = teacher_outputs(teacher, probe)
-    shapes = {"student": (n, views, d_s), "teacher_logits": (n, views, t_logits.shape[1]),
-              "teacher_hidden": (n, views, t_hidden.shape[1]), "clean": (n, d_s)}
-    arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
-              for name, shape in shapes.items()}
-    log(f"feature cache: {views} views x {n} images (student {d_s}-d features, teacher logits and hash-layer inputs)")
+def _build(folder: Path, model: HashModel, view_set: ViewSet, clean_images: torch.Tensor, batch_size: int,
+           log: Callable[[str], None]) -> None:
+    # A private copy in the inference layout (channels-last: several times faster for depthwise
+    # convolutions on a CPU); the features equal the training layout's up to float rounding.
+    net = copy.deepcopy(model).prepare_for_inference()
+    size = model.config.image_size
+
+    def features(x: torch.Tensor) -> np.ndarray:
+        return net.features(resized(x, size).contiguous(memory_format=torch.channels_last)).numpy()
+
+    n, v = len(view_set), view_set.views
+    d = features(clean_images[:1].float().div(255.0)).shape[1]
+    views = np.lib.format.open_memmap(folder / "views.npy", mode="w+", dtype=np.float32, shape=(n, v, d))
+    clean = np.lib.format.open_memmap(folder / "clean.npy", mode="w+", dtype=np.float32, shape=(n, d))
+    log(f"feature cache: {model.config.arch} at {size}px, {v} views x {n} images + the {n} test-time images ({d}-d features)")
+    progress = Progress(f"feature cache {model.config.arch}", total=n * (v + 1), unit="images", log=log)
     for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        arrays["clean"][start : start + len(chunk)] = student.features(chunk.float().div(255.0)).numpy()
-        for v in range(views):
-            batch = torch.cat([
-                augmented_view(chunk[j], augmenter, seed, int(image_indices[start + j]), v) for j in range(len(chunk))
-            ])
-            arrays["student"][start : start + len(chunk), v] = student.features(batch).numpy()
-            hidden, logits = teacher_outputs(teacher, batch)
-            arrays["teacher_logits"][start : start + len(chunk), v] = logits.numpy()
-            arrays["teacher_hidden"][start : start + len(chunk), v] = hidden.numpy()
-    for array in arrays.values():
-        array.flush()
-    del arrays
+        positions = range(start, min(start + batch_size, n))
+        clean[start : positions.stop] = features(clean_images[start : positions.stop].float().div(255.0))
+        progress.advance(len(positions))
+        for k in range(v):
+            views[start : positions.stop, k] = features(view_set.batch(positions, k))
+            progress.advance(len(positions))
+    progress.close()
+    views.flush()
+    clean.flush()
+    del views, clean
 
 
 class CachedValidator:
     """Validation mAP from frozen features: the heads are the only thing that changes between epochs.
 
     The validation queries' features are computed once here (the backbone is
-    frozen, so they never change); the database side is the teacher's codes
-    of the training images (ASHP) or, for a student alone, the student's codes
-    of the cached test-time features of the training images (SSHP).
+    frozen, so they never change); the database side is either fixed codes
+    (the teacher's, for ASHP) or the model's codes of cached test-time
+    features of the training images (a teacher, or a student alone: SSHP).
     """
 
-    def __init__(self, student: HashModel, query_images: torch.Tensor, query_labels: np.ndarray, cache: FeatureCache,
+    def __init__(self, model: HashModel, query_images: torch.Tensor, query_labels: np.ndarray, db_features: torch.Tensor,
                  db_labels: np.ndarray, top_k: Optional[int], db_codes: Optional[np.ndarray] = None) -> None:
-        with torch.no_grad():
-            student.eval()
-            self.query_features = torch.cat([
-                student.features(query_images[s : s + 256].float().div(255.0)) for s in range(0, len(query_images), 256)
-            ]) if len(query_images) else torch.zeros((0, cache.student.shape[2]))
-        self.clean = torch.from_numpy(np.array(cache.clean))
+        self.query_features = features_of(model, query_images)
+        self.db_features = db_features
         self.query_labels, self.db_labels = query_labels, db_labels
         self.db_codes, self.top_k = db_codes, top_k
 
@@ -270,7 +305,7 @@ class CachedValidator:
         model.eval()
         try:
             q = packed(self.query_features)
-            d = self.db_codes if self.db_codes is not None else packed(self.clean)
+            d = self.db_codes if self.db_codes is not None else packed(self.db_features)
         finally:
             model.train(was_training)
         return float(mean_average_precision(q, d, self.query_labels, self.db_labels, k=self.top_k))

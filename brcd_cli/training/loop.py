@@ -22,6 +22,7 @@ from ..atomic import atomic_write
 from ..errors import BrcdError
 from ..models import HashModel
 from ..options import at_least, positive
+from ..progress import Progress
 
 RESUME_FILE = "resume.pt"
 
@@ -163,6 +164,7 @@ def fit(
             gen = torch.Generator().manual_seed(options.seed * 100_003 + st.epoch)
             order = torch.randperm(n, generator=gen)
             total, steps = 0.0, 0
+            progress = Progress(f"epoch {st.epoch + 1}", total=(n // batch) * batch, log=log)
             for start in range(0, n - batch + 1, batch):
                 idx = order[start : start + batch]
                 x = images[idx].float().div_(255.0)
@@ -172,9 +174,11 @@ def fit(
                 optimizer.step()
                 total += float(loss.detach())
                 steps += 1
+                progress.advance(batch)
                 if out_of_time(st.elapsed + time.monotonic() - t0):
                     stopped = "time-budget"
                     break
+            progress.close()
             mean_loss = total / max(steps, 1)
             if validate is not None:  # rank 0 validates; all ranks take its score, so they stop together
                 score = distributed.broadcast(world, validate(model) if world.is_main else 0.0)
