@@ -49,6 +49,9 @@ def log(message: str) -> None:
     typer.echo(message, err=True)
 
 
+log.live_progress = True  # type: ignore[attr-defined]  # long loops may draw a live bar on a terminal (progress.py)
+
+
 @contextmanager
 def _workers() -> Iterator[Any]:
     """Join torchrun's process group when launched by it (a world of one otherwise), and leave it after."""
@@ -90,7 +93,10 @@ def _fit(epochs: int, batch_size: int, lr: float, patience: int, time_budget: Op
 def train_teacher_cmd(
     data: str = typer.Argument(..., help="digits, an image folder, a list file or a CIFAR-10 folder"),
     out: Path = typer.Option(Path("teacher"), "--out", help="output folder for the teacher"),
-    arch: str = typer.Option("vit_base_patch16_224", help="any timm model name"),
+    arch: Optional[str] = typer.Option(None, help="any timm model name (default: vit_base_patch16_224 when its weights are "
+                                        "here, else the largest pretrained backbone available offline)"),
+    method: choices.TeacherMethod = typer.Option("cibhash", help="cibhash (learned), or the closed-form floors lsh (random "
+                                                 "hyperplanes) and itq (PCA + rotation) on the frozen features"),
     bits: int = typer.Option(64, help="code length: 16, 32, 64 or 128 (any multiple of 8 up to 256)"),
     image_size: int = typer.Option(224, help="input size in pixels"),
     pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
@@ -106,11 +112,14 @@ def train_teacher_cmd(
     save_every: float = typer.Option(30.0, help="seconds between saves of the resume state (0: after every epoch)"),
     seed: int = typer.Option(0),
     stochastic: bool = typer.Option(False, help="sample codes as sign(p - u), u ~ U(0,1), while training"),
+    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="train the head from cached frozen features (default: on when the backbone is frozen)"),
+    cache_views: int = typer.Option(8, help="augmented views per image kept in the feature cache"),
+    cache_dir: Optional[Path] = typer.Option(None, help="feature cache folder (default: $BRCD_CACHE_DIR, else OUT/feature-cache)"),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     force: bool = typer.Option(False, help="overwrite a model already in --out"),
 ) -> None:
-    """Train a CIBHash teacher (NT-Xent on straight-through sign codes + Bernoulli KL bottleneck)."""
+    """Train a teacher: CIBHash (NT-Xent on straight-through sign codes + Bernoulli KL bottleneck), or an LSH or ITQ floor."""
     from .data import open_source
     from .training import TeacherOptions, train_teacher
     from .threads import set_threads
@@ -118,7 +127,8 @@ def train_teacher_cmd(
     set_threads(threads)
     options = TeacherOptions(
         arch=arch, bits=bits, image_size=image_size, pretrained=pretrained, freeze_backbone=freeze_backbone,
-        head=head.value, hidden=hidden, augment=value_of(augment), seed=seed, stochastic=stochastic,
+        head=head.value, hidden=hidden, augment=value_of(augment), seed=seed, stochastic=stochastic, method=method.value,
+        feature_cache=feature_cache, cache_views=cache_views, cache_dir=cache_dir,
         fit=_fit(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
     with _workers() as world:  # one process, or one of several under torchrun
@@ -130,7 +140,8 @@ def distill_cmd(
     data: str = typer.Argument(..., help="the teacher's training data"),
     teacher: Path = typer.Option(..., "--teacher", help="teacher folder from train-teacher"),
     out: Path = typer.Option(Path("student"), "--out", help="output folder for the student"),
-    arch: str = typer.Option("efficientnet_b0", help="any timm model name"),
+    arch: Optional[str] = typer.Option(None, help="any timm model name (default: efficientnet_b0 when its weights are here, "
+                                        "else the smallest pretrained backbone available offline)"),
     image_size: Optional[int] = typer.Option(None, help="input size (default: the teacher's)"),
     pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
@@ -140,7 +151,7 @@ def distill_cmd(
     weight: Optional[float] = typer.Option(None, help="weight of the distillation term (default: the method's published setting)"),
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="train the heads from cached frozen features (default: on when the student backbone is frozen)"),
     cache_views: int = typer.Option(8, help="augmented views per image kept in the feature cache"),
-    cache_dir: Optional[Path] = typer.Option(None, help="feature cache folder (default: OUT/feature-cache)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="feature cache folder (default: $BRCD_CACHE_DIR, else TEACHER/feature-cache, shared by its students)"),
     alpha: float = typer.Option(0.8, help="weight of individual vs structural alignment"),
     margin: float = typer.Option(0.5, help="bit mask keeps bits whose in-cluster consistency is >= margin"),
     clusters: str = typer.Option("auto", help="k for k-means on teacher codes, or auto (best silhouette)"),
@@ -600,16 +611,18 @@ def evaluate_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("brcd-demo"), "--out", help="folder for the teacher, students and codes file"),
+    data: choices.DemoData = typer.Option("photos", help="photos: real photographs, pretrained frozen backbones (the paper's "
+                                          "setting); digits: small networks from scratch"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    budget: float = typer.Option(1.0, help="scale the training (epochs and time caps; 1.0 = about 7 minutes on 2 cores)"),
+    budget: float = typer.Option(1.0, help="scale the training (epochs and time caps; 1.0 = a few minutes on 2 cores)"),
     threads: Optional[int] = typer.Option(None),
 ) -> None:
-    """The whole pipeline on the embedded digits: teacher, BRCD student, student alone, encode, evaluate, search."""
+    """The whole pipeline on embedded data: teacher, BRCD student, student alone, floors, evaluate, encode, search."""
     from .demo import print_report, run_demo
     from .threads import set_threads
 
     set_threads(threads)
-    report = run_demo(out, budget=budget, log=log)
+    report = run_demo(out, budget=budget, data=data.value, log=log)
     if as_json:
         typer.echo(json.dumps(report))
     else:
