@@ -54,6 +54,8 @@ class DemoSetting:
     teacher_cap: float  # seconds; a guard, not what decides the numbers
     student_cap: float
     patience: int = 20
+    teacher_fit: dict[str, Any] = field(default_factory=lambda: {"batch_size": 64, "lr": 1e-3})
+    student_fit: dict[str, Any] = field(default_factory=lambda: {"batch_size": 64, "lr": 1e-3})
     floors: tuple[str, ...] = ()  # closed-form teachers on the teacher's backbone (lsh, itq)
     needs_pretrained: tuple[str, ...] = ()
     write_images: bool = False  # write the collection as JPEG files and encode the folder (end-to-end speed)
@@ -74,7 +76,9 @@ SETTINGS: dict[str, DemoSetting] = {  # keys: options.DEMO_DATA (the CLI choices
         source=_photos,
         teacher=dict(arch="tf_efficientnet_lite2", image_size=128, pretrained="auto", freeze_backbone=True, head="linear", cache_views=6),
         student=dict(arch="tf_efficientnet_lite0", image_size=64, pretrained="auto", freeze_backbone=True, head="mlp", hidden=512, cache_views=6),
-        teacher_epochs=60, student_epochs=60, teacher_cap=200.0, student_cap=120.0,
+        # heads on cached features: an epoch is well under a second, so the caps only guard the cache builds
+        teacher_epochs=150, student_epochs=100, teacher_cap=300.0, student_cap=150.0, patience=40,
+        teacher_fit={"batch_size": 32, "lr": 3e-3}, student_fit={"batch_size": 64, "lr": 1e-3},
         floors=("lsh", "itq"),
         needs_pretrained=("tf_efficientnet_lite2", "tf_efficientnet_lite0"),
         write_images=True,
@@ -163,22 +167,22 @@ def run_demo(out: Path, budget: float = 1.0, seed: int = 0, data: str = "photos"
     log(f"brcd demo ({setting.name}): {len(source)} images in {len(source.class_names)} classes, {setting.summary}; "
         f"{setting.bits}-bit codes, outputs in {out}")
 
-    def fit(epochs: int, cap: float) -> FitOptions:
-        return FitOptions(epochs=max(1, round(epochs * budget)), batch_size=64, lr=1e-3, patience=setting.patience,
-                          time_budget=cap * budget, seed=seed)
+    def fit(epochs: int, cap: float, how: dict[str, Any]) -> FitOptions:
+        return FitOptions(epochs=max(1, round(epochs * budget)), patience=setting.patience, time_budget=cap * budget,
+                          seed=seed, **how)
 
     steps = 5 + bool(setting.floors)
     log(f"[1/{steps}] teacher: CIBHash on {setting.teacher['arch']}")
     teacher = train_teacher(source, out / "teacher", TeacherOptions(bits=setting.bits, seed=seed, **setting.teacher,
-                                                                    fit=fit(setting.teacher_epochs, setting.teacher_cap)),
+                                                                    fit=fit(setting.teacher_epochs, setting.teacher_cap, setting.teacher_fit)),
                             force=True, log=log)
     student_opts = dict(seed=seed, **setting.student)
     log(f"[2/{steps}] student: BRCD distillation into {setting.student['arch']}")
     student = distill(source, out / "teacher", out / "student",
-                      DistillOptions(method="brcd", fit=fit(setting.student_epochs, setting.student_cap), **student_opts), force=True, log=log)
+                      DistillOptions(method="brcd", fit=fit(setting.student_epochs, setting.student_cap, setting.student_fit), **student_opts), force=True, log=log)
     log(f"[3/{steps}] the same student trained alone (CIBHash, no teacher)")
     alone = distill(source, out / "teacher", out / "student-alone",
-                    DistillOptions(method="none", fit=fit(setting.student_epochs, setting.student_cap), **student_opts), force=True, log=log)
+                    DistillOptions(method="none", fit=fit(setting.student_epochs, setting.student_cap, setting.student_fit), **student_opts), force=True, log=log)
     floors: dict[str, HashModel] = {}
     if setting.floors:
         log(f"[4/{steps}] classic floors on the teacher's frozen features: {', '.join(setting.floors)}")
