@@ -199,12 +199,17 @@ def experiment_cmd(
     seeds: int = typer.Option(3, help="student seeds 0..N-1 per cell"),
     methods: str = typer.Option("all", help="all, baselines (every method), ablations (brcd and its ablations), "
                                 "or a comma list of rows (brcd methods lists them)"),
-    teacher_arch: str = typer.Option("vit_base_patch16_224", help="teachers trained here: timm model"),
-    image_size: int = typer.Option(224, help="teachers trained here: input size (students use the teacher's)"),
+    teacher_arch: Optional[str] = typer.Option(None, help="teachers trained here: timm model (default: as train-teacher's)"),
+    image_size: int = typer.Option(224, help="teachers trained here: input size"),
+    student_image_size: Optional[int] = typer.Option(None, help="student input size (default: the teacher's)"),
     teacher_pretrained: str = typer.Option("auto", help="teachers trained here: auto, none, or a weights file"),
     teacher_epochs: int = typer.Option(200, help="teachers trained here: epochs"),
     teacher_budget: Optional[float] = typer.Option(None, help="teachers trained here: seconds of training each"),
-    student_arch: str = typer.Option("efficientnet_b0", help="student timm model"),
+    teacher_lr: float = typer.Option(5e-4, help="teachers trained here: learning rate"),
+    teacher_batch_size: Optional[int] = typer.Option(None, help="teachers trained here: batch size (default: --batch-size)"),
+    teacher_patience: Optional[int] = typer.Option(None, help="teachers trained here: early stopping (default: --patience)"),
+    floors: str = typer.Option("lsh,itq", help="closed-form teachers scored beside each teacher (lsh, itq), or none"),
+    student_arch: Optional[str] = typer.Option(None, help="student timm model (default: as distill's)"),
     student_pretrained: str = typer.Option("auto", help="auto, none, or a weights file"),
     freeze_student: Optional[bool] = typer.Option(None, "--freeze-student/--train-student", help="default: frozen when pretrained"),
     hidden: int = typer.Option(1000, help="hidden width of the student's mlp head"),
@@ -231,8 +236,12 @@ def experiment_cmd(
     options = ExperimentOptions(
         bits=bit_list, seeds=seeds, methods=parse_methods(methods), teacher=teacher,
         teacher_options=TeacherOptions(arch=teacher_arch, bits=bit_list[0], image_size=image_size, pretrained=teacher_pretrained,
-                                       fit=_fit(teacher_epochs, batch_size, 5e-4, patience, teacher_budget, 0)),
-        student=DistillOptions(arch=student_arch, pretrained=student_pretrained, freeze_backbone=freeze_student, hidden=hidden,
+                                       cache_views=cache_views,
+                                       fit=_fit(teacher_epochs, teacher_batch_size or batch_size, teacher_lr,
+                                                teacher_patience or patience, teacher_budget, 0)),
+        floors=[] if floors.strip() == "none" else [f.strip() for f in floors.split(",") if f.strip()],
+        student=DistillOptions(arch=student_arch, image_size=student_image_size, pretrained=student_pretrained,
+                               freeze_backbone=freeze_student, hidden=hidden,
                                clusters=_parse_clusters(clusters), max_clusters=max_clusters, feature_cache=feature_cache, cache_views=cache_views,
                                fit=_fit(epochs, batch_size, lr, patience, time_budget, 0)),
         command="brcd " + " ".join(sys.argv[1:]),
@@ -277,6 +286,9 @@ def encode_cmd(
     resume: bool = typer.Option(False, help="continue an interrupted encode of --out from its last batch"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="exit 0 even if some images could not be read (they are always skipped and listed)"),
     threads: Optional[int] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, "--workers", help="decode threads working ahead of the model (default: one per core; 0: decode serially)"),
+    exact_decode: bool = typer.Option(False, "--exact-decode", help="decode every pixel of a JPEG (default: the smallest DCT scale that covers the model's input)"),
+    decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="where JPEGs are decoded: cpu (Pillow) or cuda (nvJPEG, a full decode)"),
 ) -> None:
     """Encode a collection into a packed codes file (streamed, resumable, written atomically).
 
@@ -284,17 +296,20 @@ def encode_cmd(
     the codes of the others are written either way, and the exit code is 3 unless --skip-bad is given.
     """
     from .data import open_source
+    from .data.loader import LoadOptions
     from .errors import DataError
     from .pipeline import encode_collection, encode_distributed
     from .threads import set_threads
 
     set_threads(threads)
+    loading = LoadOptions(workers=workers, exact=exact_decode, device=decode_device.value)
     with _workers() as world:
         if world.distributed:  # under torchrun: one shard per process, merged by rank 0
             result = encode_distributed(open_source(images), model, out, world, batch_size=batch_size, overwrite=force,
-                                        resume=resume, log=log if world.is_main else _quiet)
+                                        resume=resume, log=log if world.is_main else _quiet, loading=loading)
         else:
-            result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log)
+            result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log,
+                                       loading=loading)
     if world.is_main:
         log(f"wrote {result.count} codes to {out}")
     if result.skipped:
@@ -316,6 +331,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON: one line per query"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML sheet of the queries and their hits"),
     exact_scan: bool = typer.Option(False, "--exact-scan", help="always scan the codes, even where an index (brcd index) exists"),
+    exact_decode: bool = typer.Option(False, "--exact-decode", help="decode every pixel of a JPEG query (default: the smallest DCT scale that covers the model's input, as encode does)"),
 ) -> None:
     """Search codes files (or a Milvus collection) with images: rank, Hamming distance and id of the nearest codes.
 
@@ -327,7 +343,8 @@ def search_cmd(
 
     source, collection = _collection_source(codes, milvus, collection)
     paths = expand_queries(queries)
-    results = search_images(paths, source, model, k=k, radius=radius, exact_scan=exact_scan, collection=collection, log=log)
+    results = search_images(paths, source, model, k=k, radius=radius, exact_scan=exact_scan, collection=collection, log=log,
+                            exact_decode=exact_decode)
     failed = [r for r in results if r.error is not None]
     if len(results) == 1 and failed:
         raise DataError(failed[0].error)
@@ -383,6 +400,7 @@ def serve_cmd(
     images: Optional[list[Path]] = typer.Option(None, "--images", help="folder that relative item paths are found under (repeatable)"),
     exact_scan: bool = typer.Option(False, "--exact-scan", help="always scan, even where an index exists"),
     threads: Optional[int] = typer.Option(None),
+    exact_decode: bool = typer.Option(False, "--exact-decode", help="decode every pixel of an uploaded JPEG (default: the smallest DCT scale that covers the model's input, as encode does)"),
 ) -> None:
     """Load the model and the codes once and answer searches over HTTP: a JSON API and a page of thumbnails at /.
 
@@ -396,7 +414,7 @@ def serve_cmd(
     check_bind(host, token, insecure)
     set_threads(threads)
     service = SearchService(model, source, collection=collection, use_index=not exact_scan,
-                            roots=images or (), log=log)
+                            roots=images or (), log=log, exact_decode=exact_decode)
     log(f"loaded {service.collection.count:,} {service.bits}-bit codes ({type(service.collection).__name__}) and {model}")
     try:
         run_server(create_app(service, token=token, max_body=int(max_body_mb * 1024 * 1024)), host, port, log=log)

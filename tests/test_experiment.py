@@ -58,6 +58,12 @@ def test_grid_writes_every_cell_results_and_plots(grid):
     assert "| teacher (bound) |" in md and "ASHP 8" in md and "SSHP 16" in md and "**" in md
     assert "## Where BRCD ranks" in md and "## What each ablation changes" in md and "brcd experiment synthetic (test)" in md
     assert (out / "teachers" / "8" / "config.json").is_file() and (out / "teachers" / "16.json").is_file()
+    # the closed-form floors are scored beside each teacher, on the teacher's backbone and split
+    assert "| LSH on the teacher's features (floor) |" in md and "| ITQ on the teacher's features (floor) |" in md
+    for b in (8, 16):
+        record = json.loads((out / "teachers" / f"{b}.json").read_text())
+        assert 0.0 <= record["map_lsh"] <= 1.0 and 0.0 <= record["map_itq"] <= 1.0
+        assert json.loads((out / "floors" / "itq" / str(b) / "run.json").read_text())["result"]["stopped"] == "closed-form"
 
 
 def test_student_alone_has_no_ashp_entry_and_best_is_marked_per_column(grid):

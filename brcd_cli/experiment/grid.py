@@ -3,9 +3,11 @@
 Layout of the output folder:
 
     teachers/<bits>/          a teacher per bit length (trained here unless given)
-    teachers/<bits>.json      its test scores; teachers/<bits>.npz its test-query and database codes
+    teachers/<bits>.json      its test scores (and the floors'); teachers/<bits>.npz its test-query and database codes
+    floors/<method>/<bits>/   closed-form teachers (LSH, ITQ) on the teacher's backbone: the floor a learned one must clear
     cells/<method>/<bits>/seed<s>/   the student, its run record, cell.json (scores) and codes.npz
-    feature-cache/            frozen-feature caches, shared by every method of a (bits, seed)
+    feature-cache/            frozen-feature caches, one per backbone and pool of views: shared by the teachers
+                              of every bit length and every student cell
     results.csv, results.md, *.png   written by report.py from the finished cells
 
 A cell is finished when its cell.json exists; a rerun skips it, continues an
@@ -80,6 +82,7 @@ class ExperimentOptions:
     teacher: Optional[Path] = None  # a teacher folder (one bit length) or a folder of <bits>/ teachers; None: train them
     teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
     student: DistillOptions = field(default_factory=DistillOptions)
+    floors: list[str] = field(default_factory=lambda: ["lsh", "itq"])  # closed-form teachers scored beside each teacher
     command: str = ""  # recorded in the report
 
     def validate(self) -> None:
@@ -88,6 +91,9 @@ class ExperimentOptions:
         for name in self.methods:
             if name not in variants():
                 raise BrcdError(f"unknown method {name!r}")
+        for name in self.floors:
+            if name not in ("lsh", "itq"):
+                raise BrcdError(f"unknown floor {name!r}; choose lsh, itq or none")
 
 
 def find_teachers(spec: Path, bits: list[int]) -> dict[int, Path]:
@@ -147,8 +153,8 @@ class Experiment:
             d = self.out / "teachers" / str(b)
             record = read_run_record(d)
             if record is None or record.get("state") != "done":
-                self.log(f"teacher for {b} bits: training {self.options.teacher_options.arch} into {d}")
-                opts = replace(self.options.teacher_options, bits=b)
+                self.log(f"teacher for {b} bits: training {self.options.teacher_options.arch or 'the default backbone'} into {d}")
+                opts = replace(self.options.teacher_options, bits=b, cache_dir=self.out / "feature-cache")
                 train_teacher(self.source, d, opts, resume=(d / RESUME_FILE).is_file(), force=True, log=self.log)
             dirs[b] = d
         return dirs
@@ -186,19 +192,35 @@ class Experiment:
         teacher, fp = load_model(teacher_dir)
         if path.is_file() and codes_path.is_file():
             done = json.loads(path.read_text())
-            if done.get("fingerprint") == fp:
+            if done.get("fingerprint") == fp and all(f"map_{f}" in done for f in self.options.floors):
                 return done
         path.parent.mkdir(parents=True, exist_ok=True)
-        q = encode_with({"teacher": teacher}, self.source, split.test_queries)
-        db = encode_with({"teacher": teacher}, self.source, split.database)
+        models = {"teacher": teacher, **self._floors(bits, teacher_dir)}
+        q = encode_with(models, self.source, split.test_queries)
+        db = encode_with(models, self.source, split.database)
         ql, dl = self.source.labels[split.test_queries], self.source.labels[split.database]
-        scores = _score(q, db, ql, dl, {"teacher": ("teacher", "teacher")}, self.top_k)
+        scores = _score(q, db, ql, dl, {name: (name, name) for name in models}, self.top_k)
         save_codes(codes_path, query=q["teacher"], database=db["teacher"], query_labels=ql, database_labels=dl)
         record = {"bits": bits, "teacher": str(teacher_dir), "fingerprint": fp, **scores,
                   "queries": len(split.test_queries), "database": len(split.database)}
         atomic_write_json(path, record)
         self.log(f"teacher {bits} bits: test mAP {scores['map_teacher']:.4f}")
         return record
+
+    def _floors(self, bits: int, teacher_dir: Path) -> dict[str, Any]:
+        """LSH / ITQ on the teacher's own backbone and split: the same frozen features, no training loop."""
+        floors = {}
+        record = read_run_record(teacher_dir) or {}
+        teacher, _ = load_model(teacher_dir)
+        for name in self.options.floors:
+            d = self.out / "floors" / name / str(bits)
+            done = read_run_record(d)
+            if done is None or done.get("state") != "done":
+                opts = replace(self.options.teacher_options, arch=teacher.config.arch, bits=bits, image_size=teacher.config.image_size,
+                               method=name, head="linear", seed=int(record.get("options", {}).get("seed", 0)))
+                train_teacher(self.source, d, opts, force=True, log=self._quiet)
+            floors[name] = load_model(d)[0]
+        return floors
 
     def _cell(self, name: str, bits: int, seed: int, teacher_dir: Path, split_seed: int, split, teacher_eval: dict) -> dict[str, Any]:
         cell_dir = self.out / "cells" / name / str(bits) / f"seed{seed}"

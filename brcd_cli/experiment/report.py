@@ -116,6 +116,10 @@ def markdown(cells, summary, teachers, methods, bits, state, plots) -> str:
     lines.append("|---|" + "---|" * len(cols))
     lines.append("| teacher (bound) | " + " | ".join(
         f"{teachers[b]['map_teacher']:.3f}" if b in teachers else "–" for _, _, b in cols) + " |")
+    for floor, label in (("lsh", "LSH on the teacher's features (floor)"), ("itq", "ITQ on the teacher's features (floor)")):
+        if any(f"map_{floor}" in t for t in teachers.values()):
+            lines.append(f"| {label} | " + " | ".join(
+                f"{teachers[b][f'map_{floor}']:.3f}" if f"map_{floor}" in teachers.get(b, {}) else "–" for _, _, b in cols) + " |")
     best = {}
     for key, _, b in cols:
         values = [summary[(m, b, key)][0] for m in methods if (m, b, key) in summary]
