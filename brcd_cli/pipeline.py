@@ -1,15 +1,17 @@
 """The user-level operations behind ``brcd encode`` and ``brcd search``."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .data import ImageSource, load_batch_tolerant, read_image_file, to_tensor
+from .data import ImageSource, read_image_file, to_tensor
+from .data.loader import BatchStream, LoadOptions
 from .encoding import packed_codes_of_images
 from .errors import BrcdError, DataError
 from .models import code_space_of, load_encoder
@@ -38,6 +40,7 @@ def encode_collection(
     overwrite: bool = False,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    loading: Optional[LoadOptions] = None,
 ) -> EncodeResult:
     """Stream a collection through a model into a codes file.
 
@@ -47,6 +50,12 @@ def encode_collection(
     survives any failure. Items that cannot be decoded are skipped and listed
     with their reasons in the result and in ``<out>.skipped.tsv``; whether
     skips are acceptable is the caller's decision.
+
+    ``loading`` says how images are decoded (draft JPEG decoding by default,
+    ``exact=True`` for every pixel) and by how many workers, which decode the
+    next batches while the model encodes this one. Batches are committed in
+    source order whatever the workers, so the file is the one a serial run of
+    the same decoding writes; a resume must use the decoding the job began with.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -57,14 +66,18 @@ def encode_collection(
     positive("batch_size", batch_size)
     if out.is_dir():
         raise BrcdError(f"{out} is a folder; give a file name for the codes")
+    loading = loading or LoadOptions()
     model, fingerprint = load_encoder(model_dir)
-    metadata = {"model": str(model_dir), "arch": model.config.arch, "role": model.config.role, "data": source.name}
+    decoder = loading.decoder()  # before anything is written: a decoding that cannot run here stops the job now
+    metadata = {"model": str(model_dir), "arch": model.config.arch, "role": model.config.role, "data": source.name,
+                "decode": decoder.name}
     size = model.config.image_size
     job = PartialCodes(out, model.config.bits, fingerprint, code_space_of(model.config, fingerprint),
-                       digest=job_digest(source.ids, {"image_size": size, "model": fingerprint}),
+                       digest=job_digest(source.ids, _job_description(size, fingerprint, decoder.name)),
                        total=len(source), metadata=metadata)
     start = 0
     if resume and job.exists():
+        _check_decoding_of(job, source.ids, size, fingerprint, decoder.name)
         start = job.resume()
         log(f"resuming the interrupted encode of {out} at image {start} of {len(source)}")
     else:
@@ -78,17 +91,18 @@ def encode_collection(
 
     ids = source.ids
     with Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
-                  console=Console(stderr=True), disable=len(source) < batch_size) as progress:
+                  console=Console(stderr=True), disable=len(source) < batch_size) as progress, \
+            BatchStream(source, range(start, len(source)), size, batch_size, loading, decoder=decoder) as batches:
         task = progress.add_task("encode", total=len(source), completed=start)
-        for chunk_start in range(start, len(source), batch_size):
-            chunk = range(chunk_start, min(chunk_start + batch_size, len(source)))
-            images, ok, bad = load_batch_tolerant(source, chunk, size)
-            packed = packed_codes_of_images(model, images, batch_size) if ok else np.zeros((0, model.config.bits // 8), np.uint8)
-            skipped = [(ids[i], reason.removeprefix(f"cannot read image {ids[i]}: ")) for i, reason in bad]
+        for batch in batches:
+            packed = (packed_codes_of_images(model, batch.images, batch_size) if batch.ok
+                      else np.zeros((0, model.config.bits // 8), np.uint8))
+            skipped = [(ids[i], reason.removeprefix(f"cannot read image {ids[i]}: ")) for i, reason in batch.skipped]
             for item_id, reason in skipped:
                 log(f"skipped {display_id(item_id)}: {reason}")
-            _guard_write(out, lambda: job.append(packed, [ids[i] for i in ok], skipped, next_index=chunk.stop))
-            progress.advance(task, len(chunk))
+            next_index = int(batch.indices[-1]) + 1
+            _guard_write(out, lambda: job.append(packed, [ids[i] for i in batch.ok], skipped, next_index=next_index))
+            progress.advance(task, len(batch.indices))
 
     skipped = job.skipped()
     if job.state.count == 0 and len(source) > 0:
@@ -99,6 +113,36 @@ def encode_collection(
     side = write_skipped(out, skipped)
     refresh_index(out, log)
     return EncodeResult(out=out, count=job.state.count, skipped=skipped, skipped_file=side, resumed_at=start)
+
+
+#: How a user asks for each decoding on the command line.
+_DECODING_FLAGS = {"draft": "the default", "exact": "--exact-decode", "cuda": "--decode-device cuda"}
+
+
+def _job_description(image_size: int, fingerprint: str, decoding: str) -> dict[str, Any]:
+    """What a resumed encode must share with the interrupted one. The exact decoding keeps the description
+    encodes had before decodings had names, so their interrupted jobs still resume (with --exact-decode)."""
+    description: dict[str, Any] = {"image_size": image_size, "model": fingerprint}
+    if decoding != "exact":
+        description["decode"] = decoding
+    return description
+
+
+def _check_decoding_of(job: Any, ids: Sequence[str], image_size: int, fingerprint: str, decoding: str) -> None:
+    """Refuse, in words, to resume a job that another decoding began: its codes would differ from the rest."""
+    from .codes.partial import job_digest
+    from .data.loader import DECODINGS
+
+    try:
+        staged = json.loads((job.dir / "state.json").read_text(encoding="utf-8")).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return  # the job's own resume names what is wrong with it
+    if staged == job.digest:
+        return
+    for other in DECODINGS:
+        if other != decoding and staged == job_digest(ids, _job_description(image_size, fingerprint, other)):
+            raise BrcdError(f"the interrupted encode of {job.out} used the {other} decoding ({_DECODING_FLAGS[other]}); "
+                            f"resume it with the same flags, or pass --force to start over")
 
 
 def shard_path(out: Path, rank: int, size: int) -> Path:
@@ -116,6 +160,7 @@ def encode_distributed(
     overwrite: bool = False,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    loading: Optional[LoadOptions] = None,
 ) -> EncodeResult:
     """Encode under torchrun: each rank encodes a contiguous shard into its own codes file, then
     rank 0 concatenates the shards in rank order into ``out`` (atomically) and removes them.
@@ -147,7 +192,7 @@ def encode_distributed(
                 count = done.count
             return count, read_skipped(shard)
         result = encode_collection(source.slice(lo, hi), model_dir, shard, batch_size=batch_size, overwrite=True,
-                                   resume=resume, log=log)
+                                   resume=resume, log=log, loading=loading)
         return result.count, result.skipped
 
     distributed.agree(world, check)
@@ -191,21 +236,25 @@ def display_id(item_id: str) -> str:
     return item_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def read_query_image(path: Path, size: int):
-    """Decode one query image to a uint8 tensor batch of one, or fail with one clear line."""
+def read_query_image(path: Path, size: int, exact_decode: bool = False):
+    """Decode one query image to a uint8 tensor batch of one, or fail with one clear line.
+
+    A JPEG is decoded at the smallest DCT scale that covers ``size``, as
+    ``brcd encode`` decodes the collection (``exact_decode``: every pixel).
+    """
     if not os.path.lexists(path):
         raise DataError(f"query image not found: {path}")
     try:
-        image = read_image_file(Path(path))
+        image = read_image_file(Path(path), draft=None if exact_decode else size)
     except DataError as exc:
         raise DataError(str(exc).replace("cannot read image", "cannot read query image", 1)) from None
     return to_tensor(image, size).unsqueeze(0)
 
 
-def encode_query(query: Path, model_dir: Path) -> tuple[np.ndarray, int, str]:
+def encode_query(query: Path, model_dir: Path, exact_decode: bool = False) -> tuple[np.ndarray, int, str]:
     """The packed code of a query image, with the model's bit length and code space."""
     model, fingerprint = load_encoder(model_dir)
-    packed = packed_codes_of_images(model, read_query_image(query, model.config.image_size))
+    packed = packed_codes_of_images(model, read_query_image(query, model.config.image_size, exact_decode))
     return packed, model.config.bits, code_space_of(model.config, fingerprint)
 
 
@@ -253,12 +302,14 @@ def expand_queries(paths: Sequence[Path]) -> list[Path]:
 
 def search_images(queries: Sequence[Path], source: Union[Path, str, Sequence[Path]], model_dir: Path, k: int = 10,
                   radius: Optional[int] = None, exact_scan: bool = False, collection: Optional[str] = None,
-                  batch_size: int = 64, log: Callable[[str], None] = lambda _: None) -> list[QueryResult]:
+                  batch_size: int = 64, log: Callable[[str], None] = lambda _: None,
+                  exact_decode: bool = False) -> list[QueryResult]:
     """Search with many query images in one process: the model and the collection are loaded once.
 
     Readable queries are encoded in batches and searched together; one that
     cannot be read gets its reason in its result and the others go on. The
-    collection is opened as :func:`search_image` opens it.
+    collection is opened as :func:`search_image` opens it. Queries are decoded
+    as :func:`read_query_image` decodes them.
     """
     search.check_request(k, radius)
     positive("batch_size", batch_size)
@@ -271,7 +322,7 @@ def search_images(queries: Sequence[Path], source: Union[Path, str, Sequence[Pat
             chunk, tensors = [], []
             for r in results[start : start + batch_size]:
                 try:
-                    tensors.append(read_query_image(r.query, size))
+                    tensors.append(read_query_image(r.query, size, exact_decode))
                     chunk.append(r)
                 except DataError as exc:
                     r.error = str(exc)
@@ -285,7 +336,7 @@ def search_images(queries: Sequence[Path], source: Union[Path, str, Sequence[Pat
 
 def search_image(query: Path, source: Union[Path, str, Sequence[Path]], model_dir: Path, k: int = 10,
                  radius: Optional[int] = None, exact_scan: bool = False, collection: Optional[str] = None,
-                 log: Callable[[str], None] = lambda _: None) -> list[Hit]:
+                 log: Callable[[str], None] = lambda _: None, exact_decode: bool = False) -> list[Hit]:
     """Encode ``query`` with the model, open the collection, search it: the hits, nearest first.
 
     ``source`` is what :func:`brcd_cli.search.open_collection` opens: a codes
@@ -294,7 +345,8 @@ def search_image(query: Path, source: Union[Path, str, Sequence[Path]], model_di
     Milvus URI with ``collection``. Codes of another code space are refused,
     and so is a query that cannot be read (a DataError saying why).
     """
-    result = search_images([query], source, model_dir, k, radius, exact_scan, collection, log=log)[0]
+    result = search_images([query], source, model_dir, k, radius, exact_scan, collection, log=log,
+                           exact_decode=exact_decode)[0]
     if result.error is not None:
         raise DataError(result.error)
     return result.hits

@@ -1,4 +1,4 @@
-"""Batched image decoding and augmentation.
+"""Batched image decoding (through :mod:`brcd_cli.data.loader`) and augmentation.
 
 Augmentations run on whole batches of tensors (one affine grid and a few
 per-sample factors), because per-image Python transforms would cost more than
@@ -15,69 +15,51 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..errors import DataError
 from ..options import AUGMENT_RECIPES
+from .loader import BatchStream, LoadOptions, to_tensor  # noqa: F401 - to_tensor is imported from here too
 from .sources import ImageSource
 
 RECIPES = AUGMENT_RECIPES
 
 
-def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """Test-time transform: resize the shorter side to ``size``, centre-crop, uint8 CHW."""
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resample = Image.BICUBIC if scale > 1 else Image.BILINEAR
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    image = image.resize((nw, nh), resample=resample, reducing_gap=None if scale > 1 else 3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def load_batch(source: ImageSource, indices: Sequence[int], size: int) -> torch.Tensor:
-    """Decode and resize items to a uint8 tensor (b, 3, size, size)."""
+def load_batch(source: ImageSource, indices: Sequence[int], size: int,
+               loading: Optional[LoadOptions] = None) -> torch.Tensor:
+    """Decode and resize items to a uint8 tensor (b, 3, size, size); an unreadable item raises its DataError."""
     if len(indices) == 0:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    return torch.stack([to_tensor(source.load(int(i)), size) for i in indices])
+    with BatchStream(source, indices, size, len(indices), loading, tolerant=False) as stream:
+        return next(iter(stream)).images
 
 
 def load_batch_tolerant(
-    source: ImageSource, indices: Sequence[int], size: int
+    source: ImageSource, indices: Sequence[int], size: int, loading: Optional[LoadOptions] = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Like load_batch, but an unreadable item is set aside with the reason instead of failing the batch.
 
     Returns (images of the readable items, their indices, [(index, reason)] of the rest).
     """
-    images, ok, skipped = [], [], []
-    for i in map(int, indices):
-        try:
-            images.append(to_tensor(source.load(i), size))
-            ok.append(i)
-        except DataError as exc:
-            skipped.append((i, str(exc)))
-    batch = torch.stack(images) if images else torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    return batch, ok, skipped
+    if len(indices) == 0:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8), [], []
+    with BatchStream(source, indices, size, len(indices), loading) as stream:
+        batch = next(iter(stream))
+    return batch.images, batch.ok, batch.skipped
 
 
 def iter_batches(
-    source: ImageSource, indices: Sequence[int], size: int, batch_size: int
+    source: ImageSource, indices: Sequence[int], size: int, batch_size: int, loading: Optional[LoadOptions] = None
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield (indices, uint8 images) batch by batch, so memory stays flat for any collection size."""
-    indices = np.asarray(indices, dtype=np.int64)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        yield chunk, load_batch(source, chunk, size)
+    """Yield (indices, uint8 images) batch by batch, decoded ahead by the loader's workers; memory stays flat."""
+    with BatchStream(source, indices, size, batch_size, loading, tolerant=False) as stream:
+        for batch in stream:
+            yield batch.indices, batch.images
 
 
-def preload(source: ImageSource, indices: Iterable[int], size: int, batch_size: int = 256) -> torch.Tensor:
+def preload(source: ImageSource, indices: Iterable[int], size: int, batch_size: int = 256,
+            loading: Optional[LoadOptions] = None) -> torch.Tensor:
     """Decode a training set once into a uint8 tensor; training then augments on the fly."""
     indices = np.asarray(list(indices), dtype=np.int64)
-    parts = [batch for _, batch in iter_batches(source, indices, size, batch_size)]
+    parts = [batch for _, batch in iter_batches(source, indices, size, batch_size, loading)]
     if not parts:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return torch.cat(parts)

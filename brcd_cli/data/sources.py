@@ -3,6 +3,16 @@
 A source is an ordered list of items (stable ids, optional multi-hot labels)
 that can decode item ``i`` to a Pillow image on demand. Nothing is decoded up
 front, so a source over a million files costs only its path list.
+
+Decoding can be sized to the job: a model that sees 64 px needs nothing like
+the 12 million pixels of a camera JPEG, and JPEG can be decoded at 1/2, 1/4 or
+1/8 scale in the DCT domain (Pillow's draft mode) for a fraction of the cost
+of a full decode. ``draft=N`` asks for the smallest such scale whose shorter
+side is still at least N, so the resize and centre crop that follow see the
+same picture, only with less to throw away. A drafted image carries, in
+``info[DRAFT_BOX]``, the region that the whole picture covers in its pixels:
+a scaled side rounds up to whole pixels (540 rows at 1/8 are 67.5), and
+resizing from that region keeps the geometry of the full decode exactly.
 """
 from __future__ import annotations
 
@@ -24,6 +34,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 # Pillow refuses images above this many pixels (decompression bombs) with an error.
 Image.MAX_IMAGE_PIXELS = 89_478_485
 
+#: ``info`` key of a drafted image: (left, top, right, bottom) of the whole picture in its pixels, upright.
+DRAFT_BOX = "brcd_draft_box"
+EXIF_ORIENTATION = 0x0112
+
 
 @dataclass
 class ImageSource:
@@ -41,14 +55,20 @@ class ImageSource:
     class_names: list[str] = field(default_factory=list)
     augment: str = "photo"
     protocol: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the image file of each item when items are files (folders, list files): a draft size is
+    #: decoded from them, and decoders that read the bytes themselves (nvJPEG) start from them
+    files: Optional[list[Path]] = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, i: int) -> Image.Image:
-        """Decode item ``i`` as RGB; any decoding problem becomes a DataError naming the item."""
+    def load(self, i: int, draft: Optional[int] = None) -> Image.Image:
+        """Decode item ``i`` as RGB; any decoding problem becomes a DataError naming the item.
+
+        With ``draft``, a JPEG file may come back reduced, its shorter side still at least ``draft``.
+        """
         try:
-            image = self.loader(i)
+            image = read_image_file(self.files[i], draft) if draft and self.files is not None else self.loader(i)
             image = ImageOps.exif_transpose(image)
             return _to_8bit(image).convert("RGB")
         except DataError:
@@ -66,6 +86,7 @@ class ImageSource:
             labels=self.labels[lo:hi] if self.labels is not None else None,
             class_names=self.class_names,
             augment=self.augment,
+            files=self.files[lo:hi] if self.files is not None else None,
         )
 
     @property
@@ -86,11 +107,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_image_file(path: Path) -> Image.Image:
+def read_image_file(path: Path, draft: Optional[int] = None) -> Image.Image:
     """Open one image file defensively; every refusal is a DataError saying why.
 
     Non-regular files are refused before opening (opening a FIFO would block
-    forever); then :func:`decode_image` applies the decoding checks.
+    forever); then :func:`decode_image` applies the decoding checks (and the
+    ``draft`` size).
     """
     try:
         st = os.stat(path)
@@ -103,15 +125,19 @@ def read_image_file(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: not a regular file")
     if st.st_size == 0:
         raise DataError(f"cannot read image {path}: empty file")
-    return decode_image(path, str(path))
+    return decode_image(path, str(path), draft)
 
 
-def decode_image(data: Union[Path, bytes], name: str) -> Image.Image:
+def decode_image(data: Union[Path, bytes], name: str, draft: Optional[int] = None) -> Image.Image:
     """Decode an image file or its bytes (an upload) to RGB, named ``name`` in every refusal.
 
     The declared size is checked before any pixel is decoded, so a
-    decompression bomb costs nothing; truncated data fails instead of being
-    padded with grey.
+    decompression bomb costs nothing (and a draft cannot hide one: the check
+    sees the full size); truncated data fails instead of being padded with
+    grey. With ``draft``, a JPEG is decoded at the smallest DCT scale (1/8,
+    1/4, 1/2) whose shorter side is still at least ``draft``; other formats
+    decode in full. EXIF orientation is applied after decoding, which a draft
+    does not disturb: a rotation swaps the sides but keeps the shorter one.
     """
     if isinstance(data, bytes) and not data:
         raise DataError(f"cannot read image {name}: empty file")
@@ -123,7 +149,11 @@ def decode_image(data: Union[Path, bytes], name: str) -> Image.Image:
                     f"cannot read image {name}: {width}x{height} pixels is above the {Image.MAX_IMAGE_PIXELS:,} pixel limit "
                     "(possible decompression bomb)"
                 )
+            drafted = im.draft(None, (draft, draft)) if draft else None  # None for formats without DCT scaling
             im.load()
+            if drafted is not None:
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+                im.info[DRAFT_BOX] = _oriented_box(drafted[1], im.size, orientation)
             im = ImageOps.exif_transpose(im)
             if im.mode == "P":
                 im = im.convert("RGBA")
@@ -136,6 +166,23 @@ def decode_image(data: Union[Path, bytes], name: str) -> Image.Image:
         raise DataError(f"cannot read image {name}: not an image Pillow can decode") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"cannot read image {name}: {exc}") from None
+
+
+def _oriented_box(box: tuple[float, float, float, float], size: tuple[int, int],
+                  orientation: int) -> tuple[float, float, float, float]:
+    """Where ``box`` of an image of ``size`` lies once EXIF ``orientation`` has turned the image upright
+    (exif_transpose's flips and quarter turns, in continuous pixel coordinates)."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    return {
+        2: (w - x1, y0, w - x0, y1),
+        3: (w - x1, h - y1, w - x0, h - y0),
+        4: (x0, h - y1, x1, h - y0),
+        5: (y0, x0, y1, x1),
+        6: (h - y1, x0, h - y0, x1),
+        7: (h - y1, w - x1, h - y0, w - x0),
+        8: (y0, w - x1, y1, w - x0),
+    }.get(orientation, box)
 
 
 def _path_loader(paths: Sequence[Path]) -> Callable[[int], Image.Image]:
@@ -245,6 +292,7 @@ def folder_source(root: Path) -> ImageSource:
         loader=_path_loader(paths),
         labels=labels,
         class_names=class_names,
+        files=list(paths),
     )
 
 
@@ -278,6 +326,7 @@ def list_source(list_file: Path) -> ImageSource:
         loader=_path_loader(paths),
         labels=labels,
         class_names=[str(j) for j in range(labels.shape[1])] if labels is not None else [],
+        files=list(paths),
     )
 
 

@@ -23,8 +23,11 @@ class SearchService:
     """The model, the served collection and its item images."""
 
     def __init__(self, model_dir: Path, codes: Union[str, Sequence[Path]], *, collection: Optional[str] = None,
-                 use_index: bool = True, roots: Sequence[Path] = (), log: Callable[[str], None] = lambda _: None) -> None:
+                 use_index: bool = True, roots: Sequence[Path] = (), log: Callable[[str], None] = lambda _: None,
+                 exact_decode: bool = False) -> None:
         self.model, fingerprint = load_encoder(model_dir)
+        #: an uploaded JPEG is decoded at the smallest DCT scale that covers the input, as brcd encode does
+        self.draft = None if exact_decode else self.model.config.image_size
         self.model.eval()
         self.model_dir = Path(model_dir)
         self.bits = self.model.config.bits
@@ -55,7 +58,7 @@ class SearchService:
         if (image is None) == (item is None):
             raise BrcdError("send an image, or name a served item to search with")
         start = time.perf_counter()
-        decoded = decode_image(image, "upload") if image is not None else self.images.image(item)
+        decoded = decode_image(image, "upload", self.draft) if image is not None else self.images.image(item)
         tensor = to_tensor(decoded, self.model.config.image_size).unsqueeze(0)
         decoded_at = time.perf_counter()
         packed = packed_codes_of_images(self.model, tensor)
