@@ -578,6 +578,34 @@ def bench_lookup_cmd(
     _print_report(report, format_report, as_json)
 
 
+@bench_app.command("encode")
+def bench_encode_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="model to encode with (default: a pretrained tf_efficientnet_lite0 student at 64 px, built here)"),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="where the JPEGs are made, once (default: brcd-bench-encode in the temp folder)"),
+    images: int = typer.Option(240, "--images", help="JPEG files encoded in each run"),
+    distinct: int = typer.Option(24, "--distinct", help="distinct pictures behind them (the files are hard links to these, cycling)"),
+    sizes: str = typer.Option(",".join("%dx%d" % s for s in ((4000, 3000), (3000, 4000), (4032, 3024), (2592, 1944), (1920, 1080))),
+                              "--sizes", help="camera sizes WIDTHxHEIGHT, cycled over the distinct pictures"),
+    quality: int = typer.Option(92, "--quality", help="JPEG quality of the files"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="decode threads of the parallel runs (default: one per core)"),
+    decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="cuda: also measure nvJPEG decoding on the GPU"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of the forward (default: all cores)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """End-to-end encode of camera-sized JPEGs vs the network alone: images/s, decode/resize/forward split,
+    serial vs parallel, draft vs exact decoding (and how many bits the draft moves), in one run."""
+    from .bench.encode import EncodeBenchConfig, format_report, parse_sizes, run_encode_bench
+    from .threads import set_threads
+
+    set_threads(threads)
+    decodings = ("draft", "exact", "cuda") if decode_device.value == "cuda" else ("draft", "exact")
+    config = EncodeBenchConfig(model=model, folder=folder, images=images, distinct=distinct, sizes=parse_sizes(sizes),
+                               quality=quality, batch_size=batch_size, workers=workers, decodings=decodings, seed=seed)
+    _print_report(run_encode_bench(config, log=log), format_report, as_json)
+
+
 @bench_app.command("serve")
 def bench_serve_cmd(
     model: Path = typer.Option(..., "--model", help="model the server encodes queries with"),

@@ -98,3 +98,41 @@ def test_same_seed_same_codes() -> None:
     a = bench_search.random_codes(5, 64, np.random.default_rng(3))
     b = bench_search.random_codes(5, 64, np.random.default_rng(3))
     assert a.dtype == np.uint8 and a.shape == (5, 8) and np.array_equal(a, b)
+
+
+# -- brcd bench encode -------------------------------------------------------------------------------
+
+def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from brcd_cli.bench.encode import EncodeBenchConfig, make_folder, run_encode_bench
+    from brcd_cli.data import synthetic_source
+    from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
+    from conftest import TINY_ARCH
+
+    model = tmp_path / "teacher"
+    train_teacher(synthetic_source(n=32, n_classes=4), model,
+                  TeacherOptions(arch=TINY_ARCH, bits=16, image_size=32, pretrained="none",
+                                 fit=FitOptions(epochs=1, batch_size=16)), log=lambda _: None)
+    config = EncodeBenchConfig(model=model, folder=tmp_path / "jpegs", images=7, distinct=3,
+                               sizes=((640, 480), (360, 480)), batch_size=4, workers=2, split_images=2)
+    report = run_encode_bench(config)
+    assert report["images"] == 7 and report["network_images_per_s"] > 0
+    assert set(report["split_ms"]) == {"draft", "exact"} and report["split_ms"]["draft"]["decode_ms"] > 0
+    rows = {(r["decoding"], r["workers"]): r for r in report["end_to_end"]}
+    assert set(rows) == {("draft", 0), ("draft", 2), ("exact", 0), ("exact", 2)}
+    assert all(r["images"] == 7 and r["skipped"] == 0 and r["images_per_s"] > 0 for r in rows.values())
+    assert report["parallel_identical_to_serial"] == {"draft": True, "exact": True}
+    moved = report["codes_moved_draft_vs_exact"]
+    assert moved["bench_folder"]["codes"] == 7 and moved["native_photographs"]["codes"] == 20
+    assert 0 <= moved["bench_folder"]["mean_bits_changed"] <= moved["bench_folder"]["max_bits_changed"] <= 16
+    # the folder is made once: a second run finds it by its manifest and leaves the files alone
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "jpegs").glob("*.jpg")}
+    assert make_folder(config) == tmp_path / "jpegs" and len(before) == 7
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "jpegs").glob("*.jpg")} == before
+    assert 4 * 1024 < min((tmp_path / "jpegs" / n).stat().st_size for n in before)  # noisy, detailed files
+    code, out, err = run_cli(["bench", "encode", "--model", str(model), "--folder", str(tmp_path / "jpegs"),
+                              "--images", "7", "--distinct", "3", "--sizes", "640x480,360x480", "--batch-size", "4",
+                              "--workers", "2", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["parallel_identical_to_serial"] == {"draft": True, "exact": True}
+    code, _, err = run_cli(["bench", "encode", "--sizes", "640by480"], capsys)
+    assert code == 1 and "WIDTHxHEIGHT" in err.strip().splitlines()[-1]
