@@ -31,7 +31,7 @@ from ..data import ImageSource, make_split
 from ..errors import BrcdError
 from ..evaluation.protocol import default_top_k, encode_with, retrieval_scores
 from ..losses.registry import ablations, method_names, variants
-from ..models import load_model
+from ..models import HashModel, load_model
 from ..models.checkpoint import CONFIG
 from ..options import VALID_BITS
 from ..training import DistillOptions, TeacherOptions, distill, train_teacher
@@ -195,7 +195,7 @@ class Experiment:
             if done.get("fingerprint") == fp and all(f"map_{f}" in done for f in self.options.floors):
                 return done
         path.parent.mkdir(parents=True, exist_ok=True)
-        models = {"teacher": teacher, **self._floors(bits, teacher_dir)}
+        models = {"teacher": teacher, **self._floors(bits, teacher_dir, teacher)}
         q = encode_with(models, self.source, split.test_queries)
         db = encode_with(models, self.source, split.database)
         ql, dl = self.source.labels[split.test_queries], self.source.labels[split.database]
@@ -207,11 +207,10 @@ class Experiment:
         self.log(f"teacher {bits} bits: test mAP {scores['map_teacher']:.4f}")
         return record
 
-    def _floors(self, bits: int, teacher_dir: Path) -> dict[str, Any]:
+    def _floors(self, bits: int, teacher_dir: Path, teacher: HashModel) -> dict[str, HashModel]:
         """LSH / ITQ on the teacher's own backbone and split: the same frozen features, no training loop."""
         floors = {}
         record = read_run_record(teacher_dir) or {}
-        teacher, _ = load_model(teacher_dir)
         for name in self.options.floors:
             d = self.out / "floors" / name / str(bits)
             done = read_run_record(d)
