@@ -1,25 +1,27 @@
 // CPU features and the BRCD_SIMD override, shared by the scan kernels
-// (hamming_cpu.cpp) and the hash-table lookup (mih.cpp).
+// (hamming_scan.h, hamming_cpu.cpp) and the hash-table lookup (mih.cpp).
 //
-// Code is compiled for a few instruction-set levels, each implying the ones
-// below it:
-//   scalar  portable code, any CPU;
-//   popcnt  the POPCNT instruction;
-//   avx2    AVX2 with BMI1/BMI2;
-//   avx512  AVX-512 F, VL, BW and VPOPCNTDQ.
-// The target attributes below are what each level is compiled with, and
+// Code is compiled for a few instruction-set levels per architecture. Each
+// level names the one it falls back to, and runs everything built for it:
+//   x86-64:  avx512 (AVX-512 F, VL, BW, VPOPCNTDQ) > avx2 (AVX2, BMI1/2)
+//            > popcnt (the POPCNT instruction) > scalar;
+//   AArch64: neon (Advanced SIMD: CNT, ADDP, UADALP) > scalar;
+//   others:  scalar (portable code).
+// The x86 levels are compiled with the target attributes below and
 // detect_cpu() checks exactly those features, so a level reported usable can
 // run everything built for it. No -march flag is needed: one build runs on any
-// x86-64 CPU (and on other architectures, scalar only).
+// x86-64 CPU. On AArch64 Advanced SIMD is part of the base architecture the
+// compiler targets, so the neon level needs no attribute; the kernel still
+// checks the CPU (HWCAP_ASIMD) before choosing it.
 //
-// BRCD_SIMD chooses the level: scalar, popcnt, avx2, avx512, or auto / unset /
-// empty for the best this CPU has; it is read on every call, so it can change
-// while a process runs. An unknown name, or a level this CPU cannot run, is an
-// error (std::invalid_argument, which pybind11 raises as ValueError) naming the
-// variable, the value and the choices, in the scan and the lookup alike. A
-// module that builds fewer levels runs the best one it has at or below the
-// chosen level (cap_to): the lookup has no avx2 build, so avx2 runs its popcnt
-// build there.
+// BRCD_SIMD chooses the level: one of this architecture's names, or auto /
+// unset / empty for the best this CPU has; it is read on every call, so it can
+// change while a process runs. An unknown name, or a level this CPU cannot run,
+// is an error (std::invalid_argument, which pybind11 raises as ValueError)
+// naming the variable, the value and the choices, in the scan and the lookup
+// alike. A module that builds fewer levels runs the best one it has on the
+// chosen level's fallback chain (cap_to): the lookup has no avx2 build, so
+// avx2 runs its popcnt build there.
 #pragma once
 
 #include <cctype>
@@ -35,6 +37,16 @@
 #define BRCD_X86_64 0
 #endif
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define BRCD_NEON 1
+#include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#else
+#define BRCD_NEON 0
+#endif
+
 #if BRCD_X86_64 && (defined(__GNUC__) || defined(__clang__))
 #define BRCD_SIMD_VARIANTS 1
 #define BRCD_TARGET_POPCNT __attribute__((target("popcnt")))
@@ -47,23 +59,40 @@
 
 namespace brcd {
 
-// Ordered: a level implies every level below it.
-enum class Simd { scalar = 0, popcnt = 1, avx2 = 2, avx512 = 3 };
+enum class Simd { scalar, popcnt, avx2, avx512, neon };
+
+// One row per level this architecture has, fastest first; `fallback` is the
+// level it implies (what a module without a build of it runs instead).
+struct SimdLevel {
+    Simd level;
+    const char* name;
+    Simd fallback;
+};
+
+constexpr SimdLevel kSimdLevels[] = {
+#if BRCD_X86_64
+    {Simd::avx512, "avx512", Simd::avx2},
+    {Simd::avx2, "avx2", Simd::popcnt},
+    {Simd::popcnt, "popcnt", Simd::scalar},
+#endif
+#if BRCD_NEON
+    {Simd::neon, "neon", Simd::scalar},
+#endif
+    {Simd::scalar, "scalar", Simd::scalar},
+};
 
 constexpr const char* kSimdEnv = "BRCD_SIMD";
-constexpr Simd kSimdLevels[] = {Simd::avx512, Simd::avx2, Simd::popcnt, Simd::scalar};  // fastest first
 
-inline const char* simd_name(Simd s) {
-    switch (s) {
-        case Simd::avx512: return "avx512";
-        case Simd::avx2: return "avx2";
-        case Simd::popcnt: return "popcnt";
-        default: return "scalar";
-    }
+inline const SimdLevel& level_info(Simd s) {
+    for (const SimdLevel& l : kSimdLevels)
+        if (l.level == s) return l;
+    return kSimdLevels[sizeof(kSimdLevels) / sizeof(kSimdLevels[0]) - 1];  // scalar
 }
 
+inline const char* simd_name(Simd s) { return level_info(s).name; }
+
 struct CpuFeatures {
-    bool popcnt = false, avx2 = false, avx512 = false;
+    bool popcnt = false, avx2 = false, avx512 = false, neon = false;
 };
 
 inline CpuFeatures detect_cpu() {
@@ -76,6 +105,13 @@ inline CpuFeatures detect_cpu() {
     f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vpopcntdq");
 #endif
+#if BRCD_NEON
+#if defined(__linux__) && defined(HWCAP_ASIMD)
+    f.neon = (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
+#else
+    f.neon = true;  // the compiler already assumed Advanced SIMD for this whole build
+#endif
+#endif
     return f;
 }
 
@@ -85,36 +121,42 @@ inline const CpuFeatures& cpu() {
     return f;
 }
 
-// Whether this build can run level `s` on this CPU (only scalar without the SIMD builds).
+// Whether this build can run level `s` on this CPU (only scalar without a SIMD build for it).
 inline bool cpu_supports(Simd s) {
     switch (s) {
         case Simd::avx512: return cpu().avx512;
         case Simd::avx2: return cpu().avx2;
         case Simd::popcnt: return cpu().popcnt;
+        case Simd::neon: return cpu().neon;
         default: return true;
     }
 }
 
 inline Simd best_simd() {
-    for (Simd s : kSimdLevels)
-        if (cpu_supports(s)) return s;
+    for (const SimdLevel& l : kSimdLevels)
+        if (cpu_supports(l.level)) return l.level;
     return Simd::scalar;
 }
 
-// The fastest of the levels a module builds (scalar among them) at or below `level`.
+// The first level a module builds (scalar among them) on the fallback chain from `level`.
 inline Simd cap_to(Simd level, std::initializer_list<Simd> built) {
-    Simd best = Simd::scalar;
-    for (Simd s : built)
-        if (s <= level && s > best) best = s;
-    return best;
+    for (Simd s = level;; s = level_info(s).fallback) {
+        for (Simd b : built)
+            if (b == s) return s;
+        if (s == Simd::scalar) return Simd::scalar;
+    }
 }
 
-inline std::string supported_simd_names() {
+inline std::string joined_simd_names(bool supported_only) {
     std::string names;
-    for (Simd s : kSimdLevels)
-        if (cpu_supports(s)) names += std::string(names.empty() ? "" : ", ") + simd_name(s);
+    for (const SimdLevel& l : kSimdLevels) {
+        if (supported_only && !cpu_supports(l.level)) continue;
+        names += std::string(names.empty() ? "" : ", ") + l.name;
+    }
     return names;
 }
+
+inline std::string supported_simd_names() { return joined_simd_names(true); }
 
 // Case and surrounding blanks do not matter, as for the BRCD_*_BACKEND variables.
 inline std::string normalised_simd_name(const std::string& value) {
@@ -130,17 +172,20 @@ inline std::string normalised_simd_name(const std::string& value) {
 inline Simd parse_simd(const std::string& value, const std::string& source) {
     const std::string name = normalised_simd_name(value);
     if (name.empty() || name == "auto") return best_simd();
-    for (Simd s : kSimdLevels) {
-        if (name != simd_name(s)) continue;
-        if (!cpu_supports(s)) {
+    for (const SimdLevel& l : kSimdLevels) {
+        if (name != l.name) continue;
+        if (!cpu_supports(l.level)) {
             throw std::invalid_argument("SIMD path '" + value + "' (from " + source +
                                         ") needs instructions this CPU lacks; it can run " + supported_simd_names());
         }
-        return s;
+        return l.level;
     }
-    throw std::invalid_argument("unknown SIMD path '" + value + "' (from " + source +
-                                "); choose one of scalar, popcnt, avx2, avx512, or auto (or empty) for the best "
-                                "this CPU has");
+    // The choices listed are this architecture's, in the order they fall back (ascending).
+    std::string choices;
+    for (size_t i = sizeof(kSimdLevels) / sizeof(kSimdLevels[0]); i-- > 0;)
+        choices += std::string(choices.empty() ? "" : ", ") + kSimdLevels[i].name;
+    throw std::invalid_argument("unknown SIMD path '" + value + "' (from " + source + "); choose one of " + choices +
+                                ", or auto (or empty) for the best this CPU has");
 }
 
 // The level BRCD_SIMD asks for now.

@@ -10,10 +10,12 @@
 //   * the database is cut into contiguous parts (one per thread when there are
 //     too few queries to keep every thread busy) and each part into tiles of
 //     about 256 KiB that stay in L2 while a block of queries scans them;
-//   * a tile is scanned by one of the instruction-set variants of
-//     hamming_scan.h, chosen at run time from the CPU's features (override
-//     with the environment variable BRCD_SIMD=avx512|avx2|popcnt|scalar, read
-//     by cpu_features.h, which the hash-table lookup shares);
+//   * a tile is scanned, a block of queries at a time, by one of the
+//     instruction-set variants of hamming_scan.h, chosen at run time from the
+//     CPU's features (override with the environment variable
+//     BRCD_SIMD=avx512|avx2|popcnt|neon|scalar, read by cpu_features.h, which
+//     the hash-table lookup shares); the variant says whether it reads the
+//     rows in place or a word-major copy of the tile;
 //   * k-NN and range search stream (distance, index) pairs into an exact
 //     Selector (hamming_select.h): a threshold over integer distances rejects
 //     almost every code with one compare, and ties go to the smaller index;
@@ -149,93 +151,63 @@ BRCD_INLINE void popcount_rows(const Packed& rows, uint32_t* out) {
 }
 
 // ---------------------------------------------------------------------------
-// Variants: one table of entry points per instruction set
+// Variants of the masked similarity, one per instruction set (the scans are
+// hamming_scan.h's ScanVariant table)
 // ---------------------------------------------------------------------------
 
-using SelectFn = void (*)(const Tile&, size_t, const uint64_t*, Selector&);
-using DistancesFn = void (*)(const Tile&, size_t, const uint64_t*, int32_t*);
 using MaskedFn = void (*)(const Packed&, const Packed&, const Packed&, const uint32_t*, float*, size_t, size_t);
 using PopcountsFn = void (*)(const Packed&, uint32_t*);
 
-struct OpTable {
+struct MaskedOps {
     brcd::Simd level;
-    SelectFn select;
-    DistancesFn distances;
     MaskedFn masked;
     PopcountsFn popcounts;
 };
 
-// Calls BODY(NW) with the word count as a constant for 64-, 128- and 256-bit
-// codes (and 8..56-bit codes, padded to one word); 0 means "read it at run time".
-#define BRCD_NW_SWITCH(NW_RT, BODY) \
-    switch (NW_RT) {                \
-        case 1: BODY(1); break;     \
-        case 2: BODY(2); break;     \
-        case 4: BODY(4); break;     \
-        default: BODY(0); break;    \
-    }
-
 // Non-inline entry points: the target attribute on these decides which
 // instructions the inlined kernels may use.
-#define BRCD_DEFINE_VARIANT(SUFFIX, ATTR, POP, SELECT, DISTANCES)                                                 \
-    ATTR void select_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {                         \
-        BRCD_NW_SWITCH(nw, SELECT)                                                                                \
-    }                                                                                                             \
-    ATTR void distances_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, int32_t* o) {                       \
-        BRCD_NW_SWITCH(nw, DISTANCES)                                                                             \
-    }                                                                                                             \
-    ATTR void masked_##SUFFIX(const Packed& a, const Packed& b, const Packed& m, const uint32_t* w, float* o,     \
-                              size_t q0, size_t q1) {                                                             \
-        masked_range<POP>(a, b, m, w, o, q0, q1);                                                                 \
-    }                                                                                                             \
-    ATTR void popcounts_##SUFFIX(const Packed& a, uint32_t* o) { popcount_rows<POP>(a, o); }                      \
-    const OpTable kOps_##SUFFIX = {brcd::Simd::SUFFIX, select_##SUFFIX, distances_##SUFFIX, masked_##SUFFIX,       \
-                                   popcounts_##SUFFIX};
+#define BRCD_DEFINE_MASKED(SUFFIX, ATTR, POP)                                                                  \
+    ATTR void masked_##SUFFIX(const Packed& a, const Packed& b, const Packed& m, const uint32_t* w, float* o, \
+                              size_t q0, size_t q1) {                                                          \
+        masked_range<POP>(a, b, m, w, o, q0, q1);                                                              \
+    }                                                                                                          \
+    ATTR void popcounts_##SUFFIX(const Packed& a, uint32_t* o) { popcount_rows<POP>(a, o); }                   \
+    const MaskedOps kMasked_##SUFFIX = {brcd::Simd::SUFFIX, masked_##SUFFIX, popcounts_##SUFFIX};
 
-#define BRCD_NO_ATTR
-#define BRCD_SEL_PORTABLE(NW) brcd::scalar_select<brcd::PopPortable, NW>(t, nw, q, s)
-#define BRCD_DIST_PORTABLE(NW) brcd::scalar_distances<brcd::PopPortable, NW>(t, nw, q, o)
-BRCD_DEFINE_VARIANT(scalar, BRCD_NO_ATTR, brcd::PopPortable, BRCD_SEL_PORTABLE, BRCD_DIST_PORTABLE)
-
+BRCD_DEFINE_MASKED(scalar, , brcd::PopPortable)
 #if BRCD_SIMD_VARIANTS
-#define BRCD_SEL_POPCNT(NW) brcd::scalar_select<brcd::PopHardware, NW>(t, nw, q, s)
-#define BRCD_DIST_POPCNT(NW) brcd::scalar_distances<brcd::PopHardware, NW>(t, nw, q, o)
-BRCD_DEFINE_VARIANT(popcnt, BRCD_TARGET_POPCNT, brcd::PopHardware, BRCD_SEL_POPCNT, BRCD_DIST_POPCNT)
-#define BRCD_SEL_AVX2(NW) brcd::avx2_select<NW>(t, nw, q, s)
-#define BRCD_DIST_AVX2(NW) brcd::avx2_distances<NW>(t, nw, q, o)
-BRCD_DEFINE_VARIANT(avx2, BRCD_TARGET_AVX2, brcd::PopHardware, BRCD_SEL_AVX2, BRCD_DIST_AVX2)
-#define BRCD_SEL_AVX512(NW) brcd::avx512_select<NW>(t, nw, q, s)
-#define BRCD_DIST_AVX512(NW) brcd::avx512_distances<NW>(t, nw, q, o)
-BRCD_DEFINE_VARIANT(avx512, BRCD_TARGET_AVX512, brcd::PopHardware, BRCD_SEL_AVX512, BRCD_DIST_AVX512)
+BRCD_DEFINE_MASKED(popcnt, BRCD_TARGET_POPCNT, brcd::PopHardware)
+BRCD_DEFINE_MASKED(avx2, BRCD_TARGET_AVX2, brcd::PopHardware)
+BRCD_DEFINE_MASKED(avx512, BRCD_TARGET_AVX512, brcd::PopHardware)
+#endif
+#if BRCD_NEON
+BRCD_DEFINE_MASKED(neon, , brcd::PopPortable)  // the compiler's popcount is one CNT + ADDV here
 #endif
 
-// Every variant compiled into this build, fastest first.
-std::vector<const OpTable*> compiled_ops() {
-    std::vector<const OpTable*> v;
+const MaskedOps* const kMaskedOps[] = {
 #if BRCD_SIMD_VARIANTS
-    v = {&kOps_avx512, &kOps_avx2, &kOps_popcnt};
+    &kMasked_avx512, &kMasked_avx2, &kMasked_popcnt,
 #endif
-    v.push_back(&kOps_scalar);
-    return v;
+#if BRCD_NEON
+    &kMasked_neon,
+#endif
+    &kMasked_scalar,
+};
+
+const MaskedOps& masked_ops(brcd::Simd level) {
+    for (const MaskedOps* m : kMaskedOps)
+        if (m->level == level) return *m;
+    return kMasked_scalar;
 }
 
-// The variant of a level (cpu_features.h says which levels this CPU can run);
-// every level has one where the SIMD variants are compiled, only scalar otherwise.
-const OpTable* ops_for(brcd::Simd level) {
-    for (const OpTable* t : compiled_ops())
-        if (t->level == level) return t;
-    return &kOps_scalar;
-}
+// Set by the testing hook (a level, or -1); otherwise BRCD_SIMD decides on
+// every call, so a user can switch paths without restarting the process.
+std::atomic<int> g_forced{-1};
 
-const char* name_of(const OpTable* t) { return brcd::simd_name(t->level); }
-
-// Set by the testing hook; otherwise BRCD_SIMD decides on every call, so a
-// user can switch paths without restarting the process.
-std::atomic<const OpTable*> g_forced{nullptr};
-
-const OpTable& ops() {
-    if (const OpTable* t = g_forced.load(std::memory_order_acquire)) return *t;
-    return *ops_for(brcd::simd_from_env());
+brcd::Simd chosen_level() {
+    const int forced = g_forced.load(std::memory_order_acquire);
+    if (forced >= 0) return static_cast<brcd::Simd>(forced);
+    return brcd::simd_from_env();
 }
 
 // ---------------------------------------------------------------------------
@@ -295,32 +267,7 @@ Plan make_plan(size_t nq, size_t ndb, size_t nw, size_t threads) {
 }
 
 // Queries as whole 64-bit words, tail bytes zero-padded.
-std::vector<uint64_t> query_words(const Packed& q, size_t nw) {
-    std::vector<uint64_t> out(q.n * nw);
-    const size_t full = q.nb / 8, tail = q.nb % 8;
-    for (size_t i = 0; i < q.n; ++i) {
-        const uint8_t* r = q.row(i);
-        for (size_t w = 0; w < full; ++w) out[i * nw + w] = load_word(r + 8 * w);
-        if (tail) out[i * nw + full] = load_tail(r + 8 * full, tail);
-    }
-    return out;
-}
-
-// Database rows [j0, j1) as a Tile: in place for 64-bit codes, else transposed
-// into word-major scratch.
-Tile make_tile(const Packed& db, size_t nw, size_t j0, size_t j1, std::vector<uint64_t>& scratch) {
-    const size_t n = j1 - j0;
-    if (db.nb == 8) return Tile{reinterpret_cast<const uint64_t*>(db.row(j0)), n, n, j0};
-    scratch.resize(nw * n);
-    uint64_t* s = scratch.data();
-    const size_t full = db.nb / 8, tail = db.nb % 8;
-    for (size_t j = 0; j < n; ++j) {
-        const uint8_t* r = db.row(j0 + j);
-        for (size_t w = 0; w < full; ++w) s[w * n + j] = load_word(r + 8 * w);
-        if (tail) s[full * n + j] = load_tail(r + 8 * full, tail);
-    }
-    return Tile{s, n, n, j0};
-}
+std::vector<uint64_t> query_words(const Packed& q, size_t nw) { return brcd::rows_as_words(q.data, q.n, q.nb, nw); }
 
 struct Worker {
     std::vector<Selector> sel;
@@ -330,17 +277,16 @@ struct Worker {
 // Streams database part `part` through the selectors of query block `block`;
 // reset(s) prepares a selector, done(query, part, sorted keys) takes the result.
 template <class Reset, class Done>
-void select_item(const OpTable& t, const Packed& q, const Packed& db, size_t nw, const std::vector<uint64_t>& qw,
-                 const Plan& plan, size_t item, Worker& wk, size_t limit, Reset&& reset, Done&& done) {
+void select_item(const brcd::ScanVariant& t, const Packed& q, const Packed& db, size_t nw,
+                 const std::vector<uint64_t>& qw, const Plan& plan, size_t item, Worker& wk, size_t limit,
+                 Reset&& reset, Done&& done) {
     const size_t block = item / plan.parts, part = item % plan.parts;
     const size_t i0 = block * plan.qblock, i1 = std::min(q.n, i0 + plan.qblock);
     const size_t p0 = std::min(db.n, part * plan.part_len), p1 = std::min(db.n, p0 + plan.part_len);
     if (wk.sel.size() < i1 - i0) wk.sel.resize(i1 - i0);
     for (size_t i = i0; i < i1; ++i) reset(wk.sel[i - i0]);
-    for (size_t j0 = p0; j0 < p1; j0 += plan.tile) {
-        const Tile tile = make_tile(db, nw, j0, std::min(p1, j0 + plan.tile), wk.scratch);
-        for (size_t i = i0; i < i1; ++i) t.select(tile, nw, qw.data() + i * nw, wk.sel[i - i0]);
-    }
+    brcd::select_range(t, db.data, db.nb, nw, p0, p1, plan.tile, qw.data() + i0 * nw, i1 - i0, wk.sel.data(),
+                       wk.scratch);
     std::vector<uint64_t> keys;
     for (size_t i = i0; i < i1; ++i) {
         wk.sel[i - i0].finish(limit, keys);
@@ -350,7 +296,7 @@ void select_item(const OpTable& t, const Packed& q, const Packed& db, size_t nw,
 
 size_t words_per_code(const Packed& p) { return (p.nb + 7) / 8; }
 
-void knn_native(const OpTable& t, const Packed& q, const Packed& db, size_t kk, size_t threads, int32_t* od,
+void knn_native(const brcd::ScanVariant& t, const Packed& q, const Packed& db, size_t kk, size_t threads, int32_t* od,
                 int64_t* oi) {
     const size_t nw = words_per_code(db);
     const uint32_t n_bits = static_cast<uint32_t>(8 * db.nb);
@@ -388,7 +334,7 @@ void knn_native(const OpTable& t, const Packed& q, const Packed& db, size_t kk, 
 }
 
 // Per query, every (distance, index) key with distance <= r, sorted.
-std::vector<std::vector<uint64_t>> radius_native(const OpTable& t, const Packed& q, const Packed& db, uint32_t r,
+std::vector<std::vector<uint64_t>> radius_native(const brcd::ScanVariant& t, const Packed& q, const Packed& db, uint32_t r,
                                                  size_t threads) {
     const size_t nw = words_per_code(db);
     const std::vector<uint64_t> qw = query_words(q, nw);
@@ -413,7 +359,8 @@ std::vector<std::vector<uint64_t>> radius_native(const OpTable& t, const Packed&
     return merged;
 }
 
-void distances_native(const OpTable& t, const Packed& q, const Packed& db, size_t threads, int32_t* out) {
+void distances_native(const brcd::ScanVariant& t, const Packed& q, const Packed& db, size_t threads,
+                      int32_t* out) {
     const size_t nw = words_per_code(db);
     const std::vector<uint64_t> qw = query_words(q, nw);
     const Plan plan = make_plan(q.n, db.n, nw, threads);
@@ -422,10 +369,8 @@ void distances_native(const OpTable& t, const Packed& q, const Packed& db, size_
         const size_t block = item / plan.parts, part = item % plan.parts;
         const size_t i0 = block * plan.qblock, i1 = std::min(q.n, i0 + plan.qblock);
         const size_t p0 = std::min(db.n, part * plan.part_len), p1 = std::min(db.n, p0 + plan.part_len);
-        for (size_t j0 = p0; j0 < p1; j0 += plan.tile) {
-            const Tile tile = make_tile(db, nw, j0, std::min(p1, j0 + plan.tile), workers[w].scratch);
-            for (size_t i = i0; i < i1; ++i) t.distances(tile, nw, qw.data() + i * nw, out + i * db.n + j0);
-        }
+        brcd::distances_range(t, db.data, db.nb, nw, p0, p1, plan.tile, qw.data() + i0 * nw, i1 - i0,
+                              out + i0 * db.n + p0, db.n, workers[w].scratch);
     });
 }
 
@@ -490,7 +435,7 @@ py::array_t<int32_t> py_hamming_distances(const py::array& queries, const py::ar
     const Packed q = view_of(qa), db = view_of(da);
     check_same_width(q, db);
     const size_t nt = thread_count(threads);
-    const OpTable& t = ops();
+    const brcd::ScanVariant& t = brcd::scan_variant(chosen_level());
     py::array_t<int32_t> out({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(db.n)});
     int32_t* o = out.mutable_data();
     if (q.n > 0 && db.n > 0) {
@@ -506,7 +451,7 @@ py::tuple py_knn(const py::array& queries, const py::array& database, int64_t k,
     check_same_width(q, db);
     if (k <= 0) throw py::value_error("k must be a positive integer, got " + std::to_string(k));
     const size_t nt = thread_count(threads);
-    const OpTable& t = ops();
+    const brcd::ScanVariant& t = brcd::scan_variant(chosen_level());
     const size_t kk = std::min(static_cast<size_t>(k), db.n);
     py::array_t<int32_t> out_d({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(kk)});
     py::array_t<int64_t> out_i({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(kk)});
@@ -525,7 +470,7 @@ py::tuple py_radius_search(const py::array& queries, const py::array& database, 
     check_same_width(q, db);
     if (radius < 0) throw py::value_error("radius must be non-negative, got " + std::to_string(radius));
     const size_t nt = thread_count(threads);
-    const OpTable& t = ops();
+    const brcd::ScanVariant& t = brcd::scan_variant(chosen_level());
     const uint32_t r = static_cast<uint32_t>(std::min<uint64_t>(static_cast<uint64_t>(radius), 8 * db.nb));
     std::vector<int64_t> lims(q.n + 1, 0);
     std::vector<int32_t> dist;
@@ -563,7 +508,7 @@ py::array_t<float> py_masked_similarity_packed(const py::array& queries, const p
                               std::to_string(q.n) + "), got " + std::to_string(m.n) + " rows");
     }
     const size_t nt = thread_count(threads);
-    const OpTable& t = ops();
+    const MaskedOps& t = masked_ops(chosen_level());
     py::array_t<float> out({static_cast<py::ssize_t>(q.n), static_cast<py::ssize_t>(db.n)});
     float* o = out.mutable_data();
     {
@@ -591,14 +536,15 @@ py::dict py_cpu_features() {
     d["cpu_popcnt"] = brcd::cpu().popcnt;
     d["cpu_avx2"] = brcd::cpu().avx2;
     d["cpu_avx512_vpopcntdq"] = brcd::cpu().avx512;
+    d["cpu_neon"] = brcd::cpu().neon;
     py::list compiled, usable;
-    for (const OpTable* t : compiled_ops()) {
-        compiled.append(name_of(t));
-        if (brcd::cpu_supports(t->level)) usable.append(name_of(t));
+    for (const brcd::ScanVariant* v : brcd::scan_variants()) {
+        compiled.append(brcd::simd_name(v->level));
+        if (brcd::cpu_supports(v->level)) usable.append(brcd::simd_name(v->level));
     }
     d["simd_paths_compiled"] = compiled;
     d["simd_paths_supported"] = usable;
-    d["simd_path"] = brcd::simd_report([] { return std::string(name_of(&ops())); });
+    d["simd_path"] = brcd::simd_report([] { return std::string(brcd::simd_name(chosen_level())); });
     d["simd_env"] = brcd::kSimdEnv;
     d["default_threads"] = default_threads();
     d["api_version"] = kApiVersion;
@@ -607,8 +553,8 @@ py::dict py_cpu_features() {
 
 // Test hook: force one variant ("auto" returns to the environment/CPU choice).
 std::string py_set_simd_path(const std::string& name) {
-    const std::string previous = name_of(&ops());
-    g_forced.store(name == "auto" ? nullptr : ops_for(brcd::parse_simd(name, "_set_simd_path")));
+    const std::string previous = brcd::simd_name(chosen_level());
+    g_forced.store(name == "auto" ? -1 : static_cast<int>(brcd::parse_simd(name, "_set_simd_path")));
     return previous;
 }
 
@@ -628,5 +574,6 @@ PYBIND11_MODULE(_hamming_cpu, m) {
           py::arg("masks"), py::arg("threads") = 0, "Masked cosine similarity of packed codes, float32 (q, n).");
     m.def("cpu_features", &py_cpu_features, "CPU features, compiled SIMD paths and the one in use.");
     m.def("_set_simd_path", &py_set_simd_path, py::arg("name"),
-          "Testing hook: force 'avx512', 'avx2', 'popcnt', 'scalar' or 'auto'; returns the previous path.");
+          "Testing hook: force a SIMD path of this architecture (avx512, avx2, popcnt, neon, scalar) or 'auto'; "
+          "returns the previous path.");
 }

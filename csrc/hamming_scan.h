@@ -1,29 +1,47 @@
-// Per-instruction-set scans of one database tile against one query.
+// The scan kernels: every instruction-set variant of "compare a block of
+// queries with one database tile", and the table that names them.
 //
-// Each variant provides two operations over a Tile (see hamming_select.h):
-//   select:    hand every code with distance < selector.thr to the selector;
-//   distances: write the distance of every code (int32).
-// NW is the number of 64-bit words per code as a compile-time constant
-// (1, 2, 4 for 64/128/256-bit codes; 16- and 32-bit codes are zero-padded to
-// one word), or 0 for "read nw at run time" (any other width).
+// A variant provides two operations over a Tile (hamming_select.h) and a block
+// of nq queries (query i's nw words at q + i * nw):
+//   select:    hand every code with distance < sels[i].thr to sels[i], in index order;
+//   distances: write the distance of every code (int32, row i at out + i * out_stride);
+// and says which tile layout it reads (rows in place, or a word-major copy).
+// NW is the number of 64-bit words per code as a compile-time constant (1, 2,
+// 4 for 64/128/256-bit codes; 8..56-bit codes are zero-padded to one word), or
+// 0 for "read nw at run time" (any other width).
 //
-// The variants are compiled from the same source with the target attributes
-// of cpu_features.h and chosen at run time (hamming_cpu.cpp), so the binary
-// runs on any x86-64 CPU and uses AVX-512 VPOPCNTDQ only where the CPU has it.
-//   avx512: 8 codes per register, VPOPCNTQ, compare into a mask register.
-//   avx2:   4 codes per register, popcount by nibble lookup (VPSHUFB) and
-//           VPSADBW, compare and movemask.
+// The x86 variants are compiled from this source with the target attributes of
+// cpu_features.h and chosen at run time, so one binary runs on any x86-64 CPU:
+//   avx512: 8 codes per register, VPOPCNTQ, compare into a mask register
+//           (word-major tiles; a block of fewer than kAvx512RowsBelow queries
+//           scans rows in place with the AVX2 kernel instead of paying a copy);
+//   avx2:   rows in place for 64/128/256-bit codes: a step compares 4 * U codes
+//           in vector registers (nibble lookup with VPSHUFB, both halves summed
+//           by one VPSADBW) and S more codes with scalar POPCNT, so that the
+//           vector pipes and the integer pipes of the core work at the same
+//           time; Q queries share each load, its in-register transpose and its
+//           nibble split. docs/kernels.md derives the shapes and their limits.
+//           Other widths read a word-major copy, 4 codes per register;
 //   popcnt / portable: one code at a time with the POPCNT instruction or a
-//           branch-free bit count (baseline x86-64, or other architectures).
+//           branch-free bit count (baseline x86-64, or any architecture).
+// On AArch64 the neon variant (rows, CNT + pairwise ADDP reductions, 8 codes
+// per step) runs where the CPU has Advanced SIMD.
+//
+// Nothing here depends on Python: the extension (hamming_cpu.cpp) and the C++
+// test driver (csrc/tests/scan_test.cpp) include this same file.
 #pragma once
 
-#include "cpu_features.h"  // BRCD_X86_64, BRCD_SIMD_VARIANTS and the target attribute of each level
+#include <vector>
+
+#include "cpu_features.h"  // BRCD_X86_64, BRCD_NEON, BRCD_SIMD_VARIANTS and the target attribute of each level
 #include "hamming_select.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define BRCD_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define BRCD_LIKELY(x) __builtin_expect(!!(x), 1)
 #else
 #define BRCD_UNLIKELY(x) (x)
+#define BRCD_LIKELY(x) (x)
 #endif
 
 namespace brcd {
@@ -60,66 +78,323 @@ BRCD_INLINE size_t words(size_t nw) {
     return NW ? NW : nw;
 }
 
-// Distance of code j of a tile, one word at a time (scalar paths and SIMD tails).
-template <class Pop, size_t NW>
+// Word w of code j of a tile in layout L.
+template <Layout L>
+BRCD_INLINE uint64_t tile_word(const Tile& t, size_t j, size_t w) {
+    return load_word(L == Layout::rows ? t.words + j * t.stride + w : t.words + w * t.stride + j);
+}
+
+// Distance of code j of a tile, one word at a time (scalar paths, SIMD tails and re-checks).
+template <class Pop, size_t NW, Layout L>
 BRCD_INLINE uint32_t scalar_distance(const Tile& t, size_t nw, const uint64_t* q, size_t j) {
     uint32_t d = 0;
-    for (size_t w = 0; w < words<NW>(nw); ++w) d += Pop::count(q[w] ^ load_word(t.cols + w * t.stride + j));
+    for (size_t w = 0; w < words<NW>(nw); ++w) d += Pop::count(q[w] ^ tile_word<L>(t, j, w));
     return d;
 }
 
-template <class Pop, size_t NW>
-BRCD_INLINE void scalar_select(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {
+// Codes [j0, j1) of a tile into the selector, in index order.
+template <class Pop, size_t NW, Layout L>
+BRCD_INLINE void scalar_select_range(const Tile& t, size_t nw, const uint64_t* q, size_t j0, size_t j1, Selector& s) {
     uint32_t thr = s.thr;
-    for (size_t j = 0; j < t.n; ++j) {
-        const uint32_t d = scalar_distance<Pop, NW>(t, nw, q, j);
-        if (d < thr) thr = s.push(d, t.base + j);
+    for (size_t j = j0; j < j1; ++j) {
+        const uint32_t d = scalar_distance<Pop, NW, L>(t, nw, q, j);
+        if (BRCD_UNLIKELY(d < thr)) thr = s.push(d, t.base + j);
     }
 }
 
+template <class Pop, size_t NW, Layout L>
+BRCD_INLINE void scalar_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* sels) {
+    for (size_t i = 0; i < nq; ++i) scalar_select_range<Pop, NW, L>(t, nw, q + i * words<NW>(nw), 0, t.n, sels[i]);
+}
+
+template <class Pop, size_t NW, Layout L>
+BRCD_INLINE void scalar_distances(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* out,
+                                  size_t out_stride) {
+    for (size_t i = 0; i < nq; ++i) {
+        const uint64_t* qi = q + i * words<NW>(nw);
+        int32_t* o = out + i * out_stride;
+        for (size_t j = 0; j < t.n; ++j) o[j] = static_cast<int32_t>(scalar_distance<Pop, NW, L>(t, nw, qi, j));
+    }
+}
+
+// The portable kernels read either layout (they are given rows: no copy for whole-word codes).
 template <class Pop, size_t NW>
-BRCD_INLINE void scalar_distances(const Tile& t, size_t nw, const uint64_t* q, int32_t* out) {
-    for (size_t j = 0; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<Pop, NW>(t, nw, q, j));
+BRCD_INLINE void scalar_select_tile(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* sels) {
+    if (t.layout == Layout::rows)
+        scalar_select<Pop, NW, Layout::rows>(t, nw, q, nq, sels);
+    else
+        scalar_select<Pop, NW, Layout::word_major>(t, nw, q, nq, sels);
+}
+
+template <class Pop, size_t NW>
+BRCD_INLINE void scalar_distances_tile(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* out,
+                                       size_t out_stride) {
+    if (t.layout == Layout::rows)
+        scalar_distances<Pop, NW, Layout::rows>(t, nw, q, nq, out, out_stride);
+    else
+        scalar_distances<Pop, NW, Layout::word_major>(t, nw, q, nq, out, out_stride);
 }
 
 #if BRCD_SIMD_VARIANTS
 
 // ---------------------------------------------------------------------------
-// AVX2: 4 codes per 256-bit register
+// AVX2
 // ---------------------------------------------------------------------------
 
-// Per-byte popcounts (0..8) by two 16-entry nibble lookups.
-BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_byte_counts(__m256i v) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
-                                         2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    const __m256i lo = _mm256_and_si256(v, low);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+// Popcount by nibble lookup: for a byte b with nibbles l and h, lut[l] counts
+// l's bits and lut_c[h] is 8 minus h's, so |lut[l] - lut_c[h]| = 8 - popcount(b),
+// and one VPSADBW of the two lookups sums a 64-bit lane's 8 bytes:
+// 64 - popcount(lane) with no separate add. Over several words the lookups are
+// summed as bytes first (each side stays below 256 for up to 31 words), and the
+// lane holds 64 * words - distance.
+BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_nibble_lut() {
+    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3,
+                            3, 4);
+}
+BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_nibble_lut_complement() {
+    return _mm256_setr_epi8(8, 7, 7, 6, 7, 6, 6, 5, 7, 6, 6, 5, 6, 5, 5, 4, 8, 7, 7, 6, 7, 6, 6, 5, 7, 6, 6, 5, 6, 5,
+                            5, 4);
 }
 
-// Distances of codes j..j+3 as four 64-bit lanes. Byte counts of up to 16
-// words are summed as bytes (at most 128 < 256) before one VPSADBW folds them.
+// The two nibbles of every byte, each in the low half of its byte (indices for VPSHUFB).
+struct Nibbles {
+    __m256i lo, hi;
+};
+BRCD_TARGET_AVX2 BRCD_INLINE Nibbles avx2_nibbles(__m256i v) {
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    return {_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low)};
+}
+
+// Four codes of NW words from rows in place: word w of the four codes in w[w].
+// Code c of the four sits in lane kLaneOf[c] (NW = 2 interleaves them by its
+// unpack; a selection re-checks hits in index order and the distances undo it).
+template <size_t NW>
+struct Avx2Rows;
+template <>
+struct Avx2Rows<1> {
+    static constexpr int kLaneOf[4] = {0, 1, 2, 3};
+    static BRCD_TARGET_AVX2 BRCD_INLINE void load(const uint64_t* p, __m256i* w) {
+        w[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    }
+};
+template <>
+struct Avx2Rows<2> {
+    static constexpr int kLaneOf[4] = {0, 2, 1, 3};
+    static BRCD_TARGET_AVX2 BRCD_INLINE void load(const uint64_t* p, __m256i* w) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 4));
+        w[0] = _mm256_unpacklo_epi64(a, b);
+        w[1] = _mm256_unpackhi_epi64(a, b);
+    }
+};
+template <>
+struct Avx2Rows<4> {
+    static constexpr int kLaneOf[4] = {0, 1, 2, 3};
+    static BRCD_TARGET_AVX2 BRCD_INLINE void load(const uint64_t* p, __m256i* w) {
+        const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 4));
+        const __m256i c2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
+        const __m256i c3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 12));
+        const __m256i t0 = _mm256_unpacklo_epi64(c0, c1), t1 = _mm256_unpackhi_epi64(c0, c1);
+        const __m256i t2 = _mm256_unpacklo_epi64(c2, c3), t3 = _mm256_unpackhi_epi64(c2, c3);
+        w[0] = _mm256_permute2x128_si256(t0, t2, 0x20);
+        w[1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+        w[2] = _mm256_permute2x128_si256(t0, t2, 0x31);
+        w[3] = _mm256_permute2x128_si256(t1, t3, 0x31);
+    }
+};
+
+// How a rows step is shaped for NW-word codes: Q queries share each load, U
+// registers of 4 codes go through the vector pipes and S codes through scalar
+// POPCNT. Measured best on the AVX2 path of an AMD Zen 5 core; see docs/kernels.md.
+template <size_t NW>
+struct Avx2Shape;
+template <>
+struct Avx2Shape<1> {
+    static constexpr int Q = 2, U = 2, S = 4;
+};
+template <>
+struct Avx2Shape<2> {
+    static constexpr int Q = 3, U = 2, S = 4;
+};
+template <>
+struct Avx2Shape<4> {
+    static constexpr int Q = 3, U = 1, S = 2;
+};
+
+// A block of Q queries, each word broadcast, with its nibbles and its threshold as compared.
+template <size_t NW, int Q>
+struct Avx2Queries {
+    __m256i word[Q][NW], lo[Q][NW], hi[Q][NW];
+    __m256i limit[Q];  // 64 * NW - thr: a lane's VPSADBW value exceeds it exactly when its distance is below thr
+    uint32_t thr[Q];
+    const uint64_t* q;
+
+    BRCD_TARGET_AVX2 explicit Avx2Queries(const uint64_t* q_) : q(q_) {
+        for (int i = 0; i < Q; ++i) {
+            for (size_t w = 0; w < NW; ++w) {
+                word[i][w] = _mm256_set1_epi64x(static_cast<long long>(q[i * NW + w]));
+                const Nibbles n = avx2_nibbles(word[i][w]);
+                lo[i][w] = n.lo;
+                hi[i][w] = n.hi;
+            }
+            set_thr(i, 0);
+        }
+    }
+    BRCD_TARGET_AVX2 BRCD_INLINE void set_thr(int i, uint32_t t) {
+        thr[i] = t;
+        limit[i] = _mm256_set1_epi64x(static_cast<long long>(64 * NW) - static_cast<long long>(t));
+    }
+};
+
+// 64 * NW - distance per lane for one query against four codes. With one query
+// the code is xored first and split after; a block shares the split of the
+// codes, so each query costs only the xors of the nibbles.
+template <size_t NW, int Q>
+BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_complement_counts(const __m256i* code, const Nibbles* split,
+                                                            const Avx2Queries<NW, Q>& qs, int i) {
+    const __m256i lut = avx2_nibble_lut(), lut_c = avx2_nibble_lut_complement();
+    __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+    for (size_t w = 0; w < NW; ++w) {
+        Nibbles n;
+        if (Q == 1) {
+            n = avx2_nibbles(_mm256_xor_si256(code[w], qs.word[i][w]));
+        } else {
+            n = {_mm256_xor_si256(split[w].lo, qs.lo[i][w]), _mm256_xor_si256(split[w].hi, qs.hi[i][w])};
+        }
+        const __m256i ca = _mm256_shuffle_epi8(lut, n.lo), cb = _mm256_shuffle_epi8(lut_c, n.hi);
+        a = w ? _mm256_add_epi8(a, ca) : ca;
+        b = w ? _mm256_add_epi8(b, cb) : cb;
+    }
+    return _mm256_sad_epu8(a, b);
+}
+
+template <size_t NW>
+BRCD_TARGET_AVX2 BRCD_INLINE uint32_t avx2_row_distance(const uint64_t* row, const uint64_t* q) {
+    uint32_t d = 0;
+    for (size_t w = 0; w < NW; ++w) d += PopHardware::count(load_word(row + w) ^ q[w]);
+    return d;
+}
+
+// Selection over rows in place for Q queries (see the file comment for the step).
+// Hits are rare once the thresholds settle, so a step only asks whether any
+// lane of any query is below its threshold: the VPSADBW values of a query's U
+// registers are folded by a byte-wise maximum (never below the largest value,
+// and equal to it while every value is at most the limit, so no hit is lost)
+// and compared once; a scalar code leaves at its first hit. A step with a hit
+// is re-checked code by code, in index order, for each query of the block.
+template <size_t NW, int Q, int U, int S>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select_q(const Tile& t, const uint64_t* q, Selector* sels) {
+    constexpr size_t kStep = 4 * U + S;
+    Avx2Queries<NW, Q> qs(q);
+    // Local copies, so that the scalar codes compare against registers (the
+    // selectors' pushes could otherwise alias the queries and thresholds).
+    uint64_t qw[Q * NW];
+    uint32_t thr[Q];
+    for (int i = 0; i < Q; ++i) {
+        for (size_t w = 0; w < NW; ++w) qw[i * NW + w] = q[i * NW + w];
+        thr[i] = sels[i].thr;
+        qs.set_thr(i, thr[i]);
+    }
+    const uint64_t* const rows = t.words;
+    const size_t n = t.n;
+    size_t j = 0;
+    for (; j + kStep <= n; j += kStep) {
+        const uint64_t* step = rows + j * NW;
+        __m256i code[U][NW];
+        Nibbles split[U][NW];
+        for (int u = 0; u < U; ++u) {
+            Avx2Rows<NW>::load(step + 4 * u * NW, code[u]);
+            if (Q > 1) {
+                for (size_t w = 0; w < NW; ++w) {
+                    split[u][w] = avx2_nibbles(code[u][w]);
+                    // Opaque to the optimiser: it would otherwise fold (c & m) ^ (q & m)
+                    // back into (c ^ q) & m and split every query's xor again.
+                    __asm__("" : "+x"(split[u][w].lo), "+x"(split[u][w].hi));
+                }
+            }
+        }
+        __m256i any = _mm256_setzero_si256();
+        for (int i = 0; i < Q; ++i) {
+            __m256i top = avx2_complement_counts<NW, Q>(code[0], split[0], qs, i);
+            for (int u = 1; u < U; ++u) top = _mm256_max_epu8(top, avx2_complement_counts<NW, Q>(code[u], split[u], qs, i));
+            any = _mm256_or_si256(any, _mm256_cmpgt_epi64(top, qs.limit[i]));
+        }
+        if (BRCD_UNLIKELY(!_mm256_testz_si256(any, any))) goto recheck;
+        for (int c = 0; c < S; ++c) {
+            const uint64_t* row = step + (4 * U + c) * NW;
+            for (int i = 0; i < Q; ++i)
+                if (BRCD_UNLIKELY(avx2_row_distance<NW>(row, qw + i * NW) < thr[i])) goto recheck;
+        }
+        continue;
+    recheck:
+        for (int i = 0; i < Q; ++i) {
+            scalar_select_range<PopHardware, NW, Layout::rows>(t, NW, qw + i * NW, j, j + kStep, sels[i]);
+            thr[i] = sels[i].thr;
+            qs.set_thr(i, thr[i]);
+        }
+    }
+    for (int i = 0; i < Q; ++i) scalar_select_range<PopHardware, NW, Layout::rows>(t, NW, qw + i * NW, j, n, sels[i]);
+}
+
+// A block of any size: groups of Q, then the rest with fewer queries per group.
+template <size_t NW, int Q>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select(const Tile& t, const uint64_t* q, size_t nq, Selector* sels) {
+    using Shape = Avx2Shape<NW>;
+    size_t i = 0;
+    for (; i + Q <= nq; i += Q) avx2_rows_select_q<NW, Q, Shape::U, Shape::S>(t, q + i * NW, sels + i);
+    if constexpr (Q > 1) {
+        if (i < nq) avx2_rows_select<NW, Q - 1>(t, q + i * NW, nq - i, sels + i);
+    }
+}
+
+template <size_t NW>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_distances(const Tile& t, const uint64_t* q, size_t nq, int32_t* out,
+                                                     size_t out_stride) {
+    // Picks the low 32 bits of the 64-bit lanes holding codes 0, 1, 2, 3 into the lower 128 bits.
+    using R = Avx2Rows<NW>;
+    const __m256i pick = _mm256_setr_epi32(2 * R::kLaneOf[0], 2 * R::kLaneOf[1], 2 * R::kLaneOf[2],
+                                           2 * R::kLaneOf[3], 1, 3, 5, 7);
+    const __m256i full = _mm256_set1_epi64x(64 * NW);
+    for (size_t i = 0; i < nq; ++i) {
+        const Avx2Queries<NW, 1> qs(q + i * NW);
+        int32_t* o = out + i * out_stride;
+        size_t j = 0;
+        for (; j + 4 <= t.n; j += 4) {
+            __m256i code[NW];
+            Avx2Rows<NW>::load(t.words + j * NW, code);
+            const __m256i d = _mm256_sub_epi64(full, avx2_complement_counts<NW, 1>(code, nullptr, qs, 0));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j),
+                             _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(d, pick)));
+        }
+        for (; j < t.n; ++j) o[j] = static_cast<int32_t>(avx2_row_distance<NW>(t.words + j * NW, q + i * NW));
+    }
+}
+
+// Word-major tiles (widths other than 64/128/256 bits): 4 codes per register,
+// one query at a time, byte counts of up to 16 words summed before one VPSADBW.
 template <size_t NW>
 BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_d4(const Tile& t, size_t nw, const uint64_t* q, size_t j) {
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i total = zero;
+    const __m256i lut = avx2_nibble_lut(), lut_c = avx2_nibble_lut_complement();
+    __m256i total = _mm256_setzero_si256();
     const size_t n_words = words<NW>(nw);
     for (size_t w0 = 0; w0 < n_words; w0 += 16) {
         const size_t w1 = std::min(n_words, w0 + 16);
-        __m256i bytes = zero;
+        __m256i a = _mm256_setzero_si256(), b = a;
         for (size_t w = w0; w < w1; ++w) {
-            const __m256i x = _mm256_xor_si256(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.cols + w * t.stride + j)),
-                _mm256_set1_epi64x(static_cast<long long>(q[w])));
-            bytes = _mm256_add_epi8(bytes, avx2_byte_counts(x));
+            const Nibbles n = avx2_nibbles(
+                _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.words + w * t.stride + j)),
+                                 _mm256_set1_epi64x(static_cast<long long>(q[w]))));
+            a = _mm256_add_epi8(a, _mm256_shuffle_epi8(lut, n.lo));
+            b = _mm256_add_epi8(b, _mm256_shuffle_epi8(lut_c, n.hi));
         }
-        total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, zero));
+        // b - a per byte is 8 * (w1 - w0) - popcount of that byte over the words.
+        total = _mm256_add_epi64(total, _mm256_sub_epi64(_mm256_set1_epi64x(static_cast<long long>(64 * (w1 - w0))),
+                                                         _mm256_sad_epu8(a, b)));
     }
     return total;
 }
 
-template <size_t NW>
 BRCD_TARGET_AVX2 BRCD_INLINE void avx2_take(__m256i d, int mask, uint64_t base, Selector& s) {
     alignas(32) uint64_t lane[4];
     _mm256_store_si256(reinterpret_cast<__m256i*>(lane), d);
@@ -132,7 +407,7 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_take(__m256i d, int mask, uint64_t base, 
 }
 
 template <size_t NW>
-BRCD_TARGET_AVX2 BRCD_INLINE void avx2_select(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_columns_select(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {
     __m256i vt = _mm256_set1_epi64x(s.thr);
     size_t j = 0;
     for (; j + 16 <= t.n; j += 16) {
@@ -144,7 +419,7 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_select(const Tile& t, size_t nw, const ui
         const __m256i ds[4] = {d0, d1, d2, d3};
         for (int u = 0; u < 4; ++u) {
             const int m = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vt, ds[u])));
-            avx2_take<NW>(ds[u], m, t.base + j + 4 * u, s);
+            avx2_take(ds[u], m, t.base + j + 4 * u, s);
         }
         vt = _mm256_set1_epi64x(s.thr);
     }
@@ -152,31 +427,53 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_select(const Tile& t, size_t nw, const ui
         const __m256i d = avx2_d4<NW>(t, nw, q, j);
         const int m = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vt, d)));
         if (m) {
-            avx2_take<NW>(d, m, t.base + j, s);
+            avx2_take(d, m, t.base + j, s);
             vt = _mm256_set1_epi64x(s.thr);
         }
     }
-    for (uint32_t thr = s.thr; j < t.n; ++j) {
-        const uint32_t d = scalar_distance<PopHardware, NW>(t, nw, q, j);
-        if (d < thr) thr = s.push(d, t.base + j);
-    }
+    scalar_select_range<PopHardware, NW, Layout::word_major>(t, nw, q, j, t.n, s);
 }
 
 template <size_t NW>
-BRCD_TARGET_AVX2 BRCD_INLINE void avx2_distances(const Tile& t, size_t nw, const uint64_t* q, int32_t* out) {
-    // Picks the low 32 bits of each 64-bit lane into the lower 128 bits.
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_columns_distances(const Tile& t, size_t nw, const uint64_t* q, int32_t* out) {
     const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     size_t j = 0;
     for (; j + 4 <= t.n; j += 4) {
         const __m256i d = _mm256_permutevar8x32_epi32(avx2_d4<NW>(t, nw, q, j), pick);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(d));
     }
-    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW>(t, nw, q, j));
+    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW, Layout::word_major>(t, nw, q, j));
+}
+
+// The AVX2 kernels for a tile of either layout (rows only come with NW = 1, 2 or 4).
+template <size_t NW>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* sels) {
+    if constexpr (NW == 1 || NW == 2 || NW == 4) {
+        if (t.layout == Layout::rows) return avx2_rows_select<NW, Avx2Shape<NW>::Q>(t, q, nq, sels);
+    }
+    for (size_t i = 0; i < nq; ++i) avx2_columns_select<NW>(t, nw, q + i * words<NW>(nw), sels[i]);
+}
+
+template <size_t NW>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_distances(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* out,
+                                                size_t out_stride) {
+    if constexpr (NW == 1 || NW == 2 || NW == 4) {
+        if (t.layout == Layout::rows) return avx2_rows_distances<NW>(t, q, nq, out, out_stride);
+    }
+    for (size_t i = 0; i < nq; ++i) avx2_columns_distances<NW>(t, nw, q + i * words<NW>(nw), out + i * out_stride);
+}
+
+inline Layout avx2_layout(size_t nw, size_t /*block*/) {
+    return (nw == 1 || nw == 2 || nw == 4) ? Layout::rows : Layout::word_major;
 }
 
 // ---------------------------------------------------------------------------
-// AVX-512 VPOPCNTDQ: 8 codes per 512-bit register
+// AVX-512 VPOPCNTDQ: 8 codes per 512-bit register, word-major tiles
 // ---------------------------------------------------------------------------
+
+// Below this many queries per block, transposing a tile costs more than the
+// AVX2 rows kernel loses to VPOPCNTQ, so 128- and 256-bit codes scan rows.
+constexpr size_t kAvx512RowsBelow = 8;
 
 // The query's words broadcast once per scan: fixed widths keep them in
 // registers, other widths broadcast from memory inside the loop.
@@ -192,14 +489,14 @@ struct QueryVec512 {
     }
 };
 
-// Distances of codes j..j+7 as eight 64-bit lanes. cols/stride are passed by
+// Distances of codes j..j+7 as eight 64-bit lanes. words/stride are passed by
 // value so that the compiler keeps them in registers across selector pushes.
 template <size_t NW>
-BRCD_TARGET_AVX512 BRCD_INLINE __m512i avx512_d8(const uint64_t* cols, size_t stride, size_t nw,
+BRCD_TARGET_AVX512 BRCD_INLINE __m512i avx512_d8(const uint64_t* words_, size_t stride, size_t nw,
                                                  const QueryVec512<NW>& qv, size_t j) {
-    __m512i d = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(cols + j), qv.word(0)));
+    __m512i d = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(words_ + j), qv.word(0)));
     for (size_t w = 1; w < words<NW>(nw); ++w) {
-        const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(cols + w * stride + j), qv.word(w));
+        const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(words_ + w * stride + j), qv.word(w));
         d = _mm512_add_epi64(d, _mm512_popcnt_epi64(x));
     }
     return d;
@@ -218,9 +515,9 @@ BRCD_TARGET_AVX512 BRCD_INLINE void avx512_take(__m512i d, __mmask8 mask, uint64
 }
 
 template <size_t NW>
-BRCD_TARGET_AVX512 BRCD_INLINE void avx512_select(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {
+BRCD_TARGET_AVX512 BRCD_INLINE void avx512_columns_select(const Tile& t, size_t nw, const uint64_t* q, Selector& s) {
     const QueryVec512<NW> qv(q);
-    const uint64_t* const cols = t.cols;
+    const uint64_t* const words_ = t.words;
     const size_t stride = t.stride, n = t.n;
     const uint64_t base = t.base;
     __m512i vt = _mm512_set1_epi64(s.thr);
@@ -228,9 +525,9 @@ BRCD_TARGET_AVX512 BRCD_INLINE void avx512_select(const Tile& t, size_t nw, cons
     // Four registers per step: their masks are tested together, and the rare
     // step with a candidate re-checks each lane against the current threshold.
     for (; j + 32 <= n; j += 32) {
-        const __m512i d0 = avx512_d8<NW>(cols, stride, nw, qv, j), d1 = avx512_d8<NW>(cols, stride, nw, qv, j + 8);
-        const __m512i d2 = avx512_d8<NW>(cols, stride, nw, qv, j + 16);
-        const __m512i d3 = avx512_d8<NW>(cols, stride, nw, qv, j + 24);
+        const __m512i d0 = avx512_d8<NW>(words_, stride, nw, qv, j), d1 = avx512_d8<NW>(words_, stride, nw, qv, j + 8);
+        const __m512i d2 = avx512_d8<NW>(words_, stride, nw, qv, j + 16);
+        const __m512i d3 = avx512_d8<NW>(words_, stride, nw, qv, j + 24);
         const __mmask8 m0 = _mm512_cmplt_epu64_mask(d0, vt), m1 = _mm512_cmplt_epu64_mask(d1, vt);
         const __mmask8 m2 = _mm512_cmplt_epu64_mask(d2, vt), m3 = _mm512_cmplt_epu64_mask(d3, vt);
         if (BRCD_UNLIKELY((m0 | m1 | m2 | m3) != 0)) {
@@ -242,30 +539,287 @@ BRCD_TARGET_AVX512 BRCD_INLINE void avx512_select(const Tile& t, size_t nw, cons
         }
     }
     for (; j + 8 <= n; j += 8) {
-        const __m512i d = avx512_d8<NW>(cols, stride, nw, qv, j);
+        const __m512i d = avx512_d8<NW>(words_, stride, nw, qv, j);
         const __mmask8 m = _mm512_cmplt_epu64_mask(d, vt);
         if (m) {
             avx512_take(d, m, base + j, s);
             vt = _mm512_set1_epi64(s.thr);
         }
     }
-    for (uint32_t thr = s.thr; j < n; ++j) {
-        const uint32_t d = scalar_distance<PopHardware, NW>(t, nw, q, j);
-        if (d < thr) thr = s.push(d, base + j);
-    }
+    scalar_select_range<PopHardware, NW, Layout::word_major>(t, nw, q, j, n, s);
 }
 
 template <size_t NW>
-BRCD_TARGET_AVX512 BRCD_INLINE void avx512_distances(const Tile& t, size_t nw, const uint64_t* q, int32_t* out) {
+BRCD_TARGET_AVX512 BRCD_INLINE void avx512_columns_distances(const Tile& t, size_t nw, const uint64_t* q,
+                                                             int32_t* out) {
     const QueryVec512<NW> qv(q);
     size_t j = 0;
     for (; j + 8 <= t.n; j += 8) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j),
-                            _mm512_cvtepi64_epi32(avx512_d8<NW>(t.cols, t.stride, nw, qv, j)));
+                            _mm512_cvtepi64_epi32(avx512_d8<NW>(t.words, t.stride, nw, qv, j)));
     }
-    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW>(t, nw, q, j));
+    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW, Layout::word_major>(t, nw, q, j));
+}
+
+template <size_t NW>
+BRCD_TARGET_AVX512 BRCD_INLINE void avx512_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq,
+                                                  Selector* sels) {
+    if constexpr (NW == 2 || NW == 4) {
+        if (t.layout == Layout::rows) return avx2_rows_select<NW, Avx2Shape<NW>::Q>(t, q, nq, sels);
+    }
+    for (size_t i = 0; i < nq; ++i) avx512_columns_select<NW>(t, nw, q + i * words<NW>(nw), sels[i]);
+}
+
+template <size_t NW>
+BRCD_TARGET_AVX512 BRCD_INLINE void avx512_distances(const Tile& t, size_t nw, const uint64_t* q, size_t nq,
+                                                     int32_t* out, size_t out_stride) {
+    if constexpr (NW == 2 || NW == 4) {
+        if (t.layout == Layout::rows) return avx2_rows_distances<NW>(t, q, nq, out, out_stride);
+    }
+    for (size_t i = 0; i < nq; ++i) avx512_columns_distances<NW>(t, nw, q + i * words<NW>(nw), out + i * out_stride);
+}
+
+inline Layout avx512_layout(size_t nw, size_t block) {
+    return ((nw == 2 || nw == 4) && block < kAvx512RowsBelow) ? Layout::rows : Layout::word_major;
 }
 
 #endif  // BRCD_SIMD_VARIANTS
+
+#if BRCD_NEON
+
+// ---------------------------------------------------------------------------
+// NEON (AArch64 Advanced SIMD): rows in place, 8 codes per step
+// ---------------------------------------------------------------------------
+
+// Byte popcounts of 16 code bytes xor 16 query bytes (byte loads: rows may sit at any address).
+BRCD_INLINE uint8x16_t neon_counts(const uint64_t* p, uint8x16_t q) {
+    return vcntq_u8(veorq_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p)), q));
+}
+
+BRCD_INLINE uint8x16_t neon_query(const uint64_t* q, size_t w0, size_t nw) {
+    const uint64_t lo = q[w0 % nw], hi = q[(w0 + 1) % nw];
+    return vreinterpretq_u8_u64(vcombine_u64(vcreate_u64(lo), vcreate_u64(hi)));
+}
+
+// Distances of 8 consecutive codes: 64-bit codes as 8 bytes, wider ones as 8 halfwords.
+// Pairwise additions (ADDP) halve the bytes per code at each level, so no code's
+// sum ever mixes with another's; each level's sums stay below 256 up to 128 bits.
+BRCD_INLINE uint8x8_t neon_d8_64(const uint64_t* p, uint8x16_t q) {
+    const uint8x16_t c0 = neon_counts(p, q), c1 = neon_counts(p + 2, q);
+    const uint8x16_t c2 = neon_counts(p + 4, q), c3 = neon_counts(p + 6, q);
+    const uint8x16_t l2 = vpaddq_u8(vpaddq_u8(c0, c1), vpaddq_u8(c2, c3));
+    return vget_low_u8(vpaddq_u8(l2, l2));
+}
+
+// Per code, the byte counts of its 16-byte chunks (at most 2 for NW <= 4).
+template <size_t NW>
+BRCD_INLINE uint8x16_t neon_code_counts(const uint64_t* row, const uint8x16_t* q) {
+    uint8x16_t c = neon_counts(row, q[0]);
+    if (NW == 4) c = vaddq_u8(c, neon_counts(row + 2, q[1]));
+    return c;
+}
+
+template <size_t NW>
+BRCD_INLINE uint16x8_t neon_d8_wide(const uint64_t* p, const uint8x16_t* q) {
+    uint8x16_t c[8];
+    for (int k = 0; k < 8; ++k) c[k] = neon_code_counts<NW>(p + k * NW, q);
+    const uint8x16_t a = vpaddq_u8(vpaddq_u8(c[0], c[1]), vpaddq_u8(c[2], c[3]));
+    const uint8x16_t b = vpaddq_u8(vpaddq_u8(c[4], c[5]), vpaddq_u8(c[6], c[7]));
+    // Two sums per code, each at most 128: widened by the last pairwise step (256-bit codes reach 256).
+    return vpaddlq_u8(vpaddq_u8(a, b));
+}
+
+// Any width: each code's 16-byte chunks accumulated as halfwords (UADALP), then summed.
+BRCD_INLINE uint32_t neon_row_distance(const uint64_t* row, const uint64_t* q, size_t nw) {
+    uint16x8_t acc = vdupq_n_u16(0);
+    size_t w = 0;
+    for (; w + 2 <= nw; w += 2) acc = vpadalq_u8(acc, neon_counts(row + w, neon_query(q, w, nw)));
+    uint32_t d = vaddvq_u16(acc);
+    if (w < nw) d += static_cast<uint32_t>(__builtin_popcountll(load_word(row + w) ^ q[w]));
+    return d;
+}
+
+template <size_t NW>
+BRCD_INLINE void neon_queries(const uint64_t* q, uint8x16_t* qv) {
+    for (size_t w = 0; w < (NW == 4 ? 2 : 1); ++w) qv[w] = neon_query(q, 2 * w, NW);
+}
+
+template <size_t NW>
+BRCD_INLINE void neon_rows_select_one(const Tile& t, const uint64_t* q, Selector& s) {
+    uint8x16_t qv[2];
+    neon_queries<NW>(q, qv);
+    const uint64_t* const rows = t.words;
+    size_t j = 0;
+    if constexpr (NW == 4) {
+        uint16x8_t limit = vdupq_n_u16(static_cast<uint16_t>(s.thr));
+        for (; j + 8 <= t.n; j += 8) {
+            const uint16x8_t below = vcltq_u16(neon_d8_wide<NW>(rows + j * NW, qv), limit);
+            if (BRCD_LIKELY(vmaxvq_u16(below) == 0)) continue;
+            scalar_select_range<PopPortable, NW, Layout::rows>(t, NW, q, j, j + 8, s);
+            limit = vdupq_n_u16(static_cast<uint16_t>(s.thr));
+        }
+    } else {
+        // Thresholds stay at most 129 here, so they fit a byte.
+        uint8x8_t limit = vdup_n_u8(static_cast<uint8_t>(s.thr));
+        for (; j + 8 <= t.n; j += 8) {
+            const uint8x8_t d = NW == 1 ? neon_d8_64(rows + j, qv[0]) : vmovn_u16(neon_d8_wide<NW>(rows + j * NW, qv));
+            if (BRCD_LIKELY(vget_lane_u64(vreinterpret_u64_u8(vclt_u8(d, limit)), 0) == 0)) continue;
+            scalar_select_range<PopPortable, NW, Layout::rows>(t, NW, q, j, j + 8, s);
+            limit = vdup_n_u8(static_cast<uint8_t>(s.thr));
+        }
+    }
+    scalar_select_range<PopPortable, NW, Layout::rows>(t, NW, q, j, t.n, s);
+}
+
+template <size_t NW>
+BRCD_INLINE void neon_rows_distances_one(const Tile& t, const uint64_t* q, int32_t* out) {
+    uint8x16_t qv[2];
+    neon_queries<NW>(q, qv);
+    size_t j = 0;
+    for (; j + 8 <= t.n; j += 8) {
+        const uint16x8_t d = NW == 1 ? vmovl_u8(neon_d8_64(t.words + j, qv[0])) : neon_d8_wide<NW>(t.words + j * NW, qv);
+        vst1q_s32(out + j, vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(d))));
+        vst1q_s32(out + j + 4, vreinterpretq_s32_u32(vmovl_u16(vget_high_u16(d))));
+    }
+    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(neon_row_distance(t.words + j * NW, q, NW));
+}
+
+template <size_t NW>
+BRCD_INLINE void neon_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* sels) {
+    for (size_t i = 0; i < nq; ++i) {
+        const uint64_t* qi = q + i * words<NW>(nw);
+        if constexpr (NW == 1 || NW == 2 || NW == 4) {
+            neon_rows_select_one<NW>(t, qi, sels[i]);
+        } else {
+            Selector& s = sels[i];
+            uint32_t thr = s.thr;
+            for (size_t j = 0; j < t.n; ++j) {
+                const uint32_t d = neon_row_distance(t.words + j * t.stride, qi, nw);
+                if (BRCD_UNLIKELY(d < thr)) thr = s.push(d, t.base + j);
+            }
+        }
+    }
+}
+
+template <size_t NW>
+BRCD_INLINE void neon_distances(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* out,
+                                size_t out_stride) {
+    for (size_t i = 0; i < nq; ++i) {
+        const uint64_t* qi = q + i * words<NW>(nw);
+        int32_t* o = out + i * out_stride;
+        if constexpr (NW == 1 || NW == 2 || NW == 4) {
+            neon_rows_distances_one<NW>(t, qi, o);
+        } else {
+            for (size_t j = 0; j < t.n; ++j) o[j] = static_cast<int32_t>(neon_row_distance(t.words + j * t.stride, qi, nw));
+        }
+    }
+}
+
+#endif  // BRCD_NEON
+
+inline Layout rows_layout(size_t /*nw*/, size_t /*block*/) { return Layout::rows; }
+
+// ---------------------------------------------------------------------------
+// The variants: one row of entry points per instruction set
+// ---------------------------------------------------------------------------
+
+using SelectFn = void (*)(const Tile&, size_t nw, const uint64_t* q, size_t nq, Selector* sels);
+using DistancesFn = void (*)(const Tile&, size_t nw, const uint64_t* q, size_t nq, int32_t* out, size_t out_stride);
+using LayoutFn = Layout (*)(size_t nw, size_t block);
+
+struct ScanVariant {
+    Simd level;
+    LayoutFn layout;  // the tile layout it reads for nw-word codes scanned by blocks of `block` queries
+    SelectFn select;
+    DistancesFn distances;
+};
+
+// Calls BODY(NW) with the word count as a constant for 64-, 128- and 256-bit
+// codes (and 8..56-bit codes, padded to one word); 0 means "read it at run time".
+#define BRCD_NW_SWITCH(NW_RT, BODY) \
+    switch (NW_RT) {                \
+        case 1: BODY(1); break;     \
+        case 2: BODY(2); break;     \
+        case 4: BODY(4); break;     \
+        default: BODY(0); break;    \
+    }
+
+// Non-inline entry points: the target attribute on these decides which
+// instructions the inlined kernels may use.
+#define BRCD_DEFINE_SCAN(SUFFIX, ATTR, LAYOUT, SELECT, DISTANCES)                                                 \
+    inline ATTR void scan_select_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* s) { \
+        BRCD_NW_SWITCH(nw, SELECT)                                                                               \
+    }                                                                                                            \
+    inline ATTR void scan_distances_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* o,  \
+                                             size_t os) {                                                        \
+        BRCD_NW_SWITCH(nw, DISTANCES)                                                                            \
+    }                                                                                                            \
+    inline const ScanVariant kScan_##SUFFIX = {Simd::SUFFIX, LAYOUT, scan_select_##SUFFIX, scan_distances_##SUFFIX};
+
+#define BRCD_SEL_PORTABLE(NW) scalar_select_tile<PopPortable, NW>(t, nw, q, nq, s)
+#define BRCD_DIST_PORTABLE(NW) scalar_distances_tile<PopPortable, NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(scalar, , rows_layout, BRCD_SEL_PORTABLE, BRCD_DIST_PORTABLE)
+
+#if BRCD_SIMD_VARIANTS
+#define BRCD_SEL_POPCNT(NW) scalar_select_tile<PopHardware, NW>(t, nw, q, nq, s)
+#define BRCD_DIST_POPCNT(NW) scalar_distances_tile<PopHardware, NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(popcnt, BRCD_TARGET_POPCNT, rows_layout, BRCD_SEL_POPCNT, BRCD_DIST_POPCNT)
+#define BRCD_SEL_AVX2(NW) avx2_select<NW>(t, nw, q, nq, s)
+#define BRCD_DIST_AVX2(NW) avx2_distances<NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(avx2, BRCD_TARGET_AVX2, avx2_layout, BRCD_SEL_AVX2, BRCD_DIST_AVX2)
+#define BRCD_SEL_AVX512(NW) avx512_select<NW>(t, nw, q, nq, s)
+#define BRCD_DIST_AVX512(NW) avx512_distances<NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(avx512, BRCD_TARGET_AVX512, avx512_layout, BRCD_SEL_AVX512, BRCD_DIST_AVX512)
+#endif
+
+#if BRCD_NEON
+#define BRCD_SEL_NEON(NW) neon_select<NW>(t, nw, q, nq, s)
+#define BRCD_DIST_NEON(NW) neon_distances<NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(neon, , rows_layout, BRCD_SEL_NEON, BRCD_DIST_NEON)
+#endif
+
+// Every variant compiled into this build, fastest first (the order of kSimdLevels).
+inline const std::vector<const ScanVariant*>& scan_variants() {
+    static const std::vector<const ScanVariant*> v = {
+#if BRCD_SIMD_VARIANTS
+        &kScan_avx512, &kScan_avx2, &kScan_popcnt,
+#endif
+#if BRCD_NEON
+        &kScan_neon,
+#endif
+        &kScan_scalar,
+    };
+    return v;
+}
+
+// The variant of a level: every level of this architecture has one.
+inline const ScanVariant& scan_variant(Simd level) {
+    for (const ScanVariant* v : scan_variants())
+        if (v->level == level) return *v;
+    return kScan_scalar;
+}
+
+// ---------------------------------------------------------------------------
+// A database range through one variant, tile by tile
+// ---------------------------------------------------------------------------
+
+// Codes [p0, p1) of `db` (nb bytes, nw words each), cut into tiles of `tile`
+// codes, through the selectors of a block of nq queries (words q, nw per query).
+inline void select_range(const ScanVariant& v, const uint8_t* db, size_t nb, size_t nw, size_t p0, size_t p1,
+                         size_t tile, const uint64_t* q, size_t nq, Selector* sels, std::vector<uint64_t>& scratch) {
+    const Layout layout = v.layout(nw, nq);
+    for (size_t j0 = p0; j0 < p1; j0 += tile)
+        v.select(make_tile(db, nb, nw, layout, j0, std::min(p1, j0 + tile), scratch), nw, q, nq, sels);
+}
+
+// The same range's distances: query i's distance to code j at out[i * out_stride + j - p0].
+inline void distances_range(const ScanVariant& v, const uint8_t* db, size_t nb, size_t nw, size_t p0, size_t p1,
+                            size_t tile, const uint64_t* q, size_t nq, int32_t* out, size_t out_stride,
+                            std::vector<uint64_t>& scratch) {
+    const Layout layout = v.layout(nw, nq);
+    for (size_t j0 = p0; j0 < p1; j0 += tile)
+        v.distances(make_tile(db, nb, nw, layout, j0, std::min(p1, j0 + tile), scratch), nw, q, nq,
+                    out + (j0 - p0), out_stride);
+}
 
 }  // namespace brcd

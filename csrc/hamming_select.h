@@ -36,17 +36,56 @@ BRCD_INLINE uint64_t load_tail(const uint8_t* p, size_t n_bytes) {
     return v;
 }
 
-// A run of n database codes in word-major order: word w of code j is
-// cols[w * stride + j], and code j has database index base + j. For 64-bit
-// codes this is the caller's array itself (no copy); other widths are
-// transposed tile by tile into per-thread scratch, so that a SIMD register
-// holds the same word of consecutive codes ("vertical" layout).
+// How a tile holds its codes. rows: code j's words are consecutive (the
+// caller's array itself wherever a row is whole words, so nothing is copied);
+// word_major: word w of every code is consecutive ("vertical", a SIMD register
+// holds the same word of consecutive codes without any shuffle), which costs a
+// transposed copy unless codes are one word, where both layouts are the same.
+enum class Layout { rows, word_major };
+
+// A run of n database codes; code j has database index base + j. Its word w is
+// words[j * stride + w] in rows and words[w * stride + j] in word_major.
 struct Tile {
-    const uint64_t* cols;
+    const uint64_t* words;
+    Layout layout;
     size_t stride;
     size_t n;
     uint64_t base;
 };
+
+// Packed codes of nb bytes per row (n rows) as whole 64-bit words, nw per
+// code, the last nb % 8 bytes zero-padded.
+inline std::vector<uint64_t> rows_as_words(const uint8_t* rows, size_t n, size_t nb, size_t nw) {
+    std::vector<uint64_t> out(n * nw);
+    const size_t full = nb / 8, tail = nb % 8;
+    for (size_t i = 0; i < n; ++i) {
+        const uint8_t* r = rows + i * nb;
+        for (size_t w = 0; w < full; ++w) out[i * nw + w] = load_word(r + 8 * w);
+        if (tail) out[i * nw + full] = load_tail(r + 8 * full, tail);
+    }
+    return out;
+}
+
+// Database rows [j0, j1) of `db` (nb bytes each) as a Tile in `layout`: the
+// rows themselves where a row is whole words (and one-word codes in either
+// layout, which are then the same), else a copy into scratch, zero-padded.
+inline Tile make_tile(const uint8_t* db, size_t nb, size_t nw, Layout layout, size_t j0, size_t j1,
+                      std::vector<uint64_t>& scratch) {
+    const size_t n = j1 - j0;
+    const bool rows = layout == Layout::rows;
+    if (nb == 8 * nw && (rows || nw == 1))
+        return Tile{reinterpret_cast<const uint64_t*>(db + j0 * nb), layout, rows ? nw : n, n, j0};
+    scratch.resize(nw * n);
+    uint64_t* s = scratch.data();
+    const size_t full = nb / 8, tail = nb % 8;
+    const size_t cs = rows ? nw : 1, ws = rows ? 1 : n;  // word w of code j goes to s[j * cs + w * ws]
+    for (size_t j = 0; j < n; ++j) {
+        const uint8_t* r = db + (j0 + j) * nb;
+        for (size_t w = 0; w < full; ++w) s[j * cs + w * ws] = load_word(r + 8 * w);
+        if (tail) s[j * cs + full * ws] = load_tail(r + 8 * full, tail);
+    }
+    return Tile{s, layout, rows ? nw : n, n, j0};
+}
 
 // A (distance, index) pair packed as one sortable key: distance in the top 16
 // bits, database index in the low 48. Sorting keys sorts by (distance, index).
