@@ -15,7 +15,7 @@ from brcd_cli.codes import read_codes
 from brcd_cli.data import decode_image, read_image_file, synthetic_source, to_tensor
 from brcd_cli.data.loader import (DECODINGS, ORIENTATIONS, BatchStream, DeviceJpegDecoder, LoadOptions, crop_box,
                                   resize_crop)
-from brcd_cli.data.sources import ImageSource, folder_source
+from brcd_cli.data.sources import DRAFT_MARGIN, ImageSource, folder_source
 from brcd_cli.errors import DataError, OptionError
 from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
 from conftest import TINY_ARCH, run_cli
@@ -70,19 +70,19 @@ def teacher(tmp_path_factory) -> Path:
 
 # -- draft decoding --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("size,expect", [(64, (200, 150)), (150, (200, 150)), (151, (400, 300)), (300, (400, 300)),
-                                         (301, (800, 600)), (700, (1600, 1200))])
-def test_draft_takes_the_smallest_dct_scale_that_covers_the_input(size: int, expect: tuple[int, int]):
+@pytest.mark.parametrize("size,expect", [(64, (200, 150)), (75, (200, 150)), (76, (400, 300)), (150, (400, 300)),
+                                         (151, (800, 600)), (300, (800, 600)), (301, (1600, 1200))])
+def test_draft_takes_the_smallest_dct_scale_that_covers_twice_the_input(size: int, expect: tuple[int, int]):
     data = _jpeg(_photo(1600, 1200))
     image = decode_image(data, "x", draft=size)
-    assert image.size == expect and min(image.size) >= size and image.mode == "RGB"
+    assert image.size == expect and min(image.size) >= DRAFT_MARGIN * size and image.mode == "RGB"
     assert decode_image(data, "x").size == (1600, 1200)
 
 
 @pytest.mark.parametrize("width,height,size", [(1000, 130, 64), (130, 1000, 64), (4000, 3000, 224), (515, 515, 64)])
 def test_draft_keeps_the_shorter_side_at_least_the_input(width: int, height: int, size: int):
     image = decode_image(_jpeg(_photo(width, height)), "x", draft=size)
-    assert min(image.size) >= size
+    assert min(image.size) >= min(DRAFT_MARGIN * size, width, height)
     assert to_tensor(image, size).shape == (3, size, size)
 
 
@@ -119,14 +119,14 @@ def test_exif_orientation_survives_the_draft(tmp_path: Path):
     path = tmp_path / "r.jpg"
     path.write_bytes(_jpeg(_photo(1200, 400), exif=exif))
     drafted, full = read_image_file(path, draft=64), read_image_file(path)
-    assert full.size == (400, 1200) and drafted.size == (100, 300)
+    assert full.size == (400, 1200) and drafted.size == (200, 600)
     diff = to_tensor(drafted, 64).float() - to_tensor(full, 64).float()
     assert diff.abs().mean() < 3.0
 
 
 def test_the_bomb_check_sees_the_full_size_not_the_draft(monkeypatch: pytest.MonkeyPatch):
     data = _jpeg(_photo(800, 800))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)  # the 1/8 draft (100 x 100) would pass
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300)  # the 1/4 draft (200 x 200) would pass
     with pytest.raises(DataError, match="decompression bomb"):
         decode_image(data, "big.jpg", draft=64)
 

@@ -214,24 +214,18 @@ class DeviceJpegDecoder:
             decoded: list[Optional[torch.Tensor]] = list(self.decode(blobs))
         except RuntimeError:  # one bad file fails the whole batched call: decode them one by one
             decoded = [self._decode_one(blob) for blob in blobs]
-        finished = []
+        done = [(j, resize_crop(ORIENTATIONS[prepared[j].orientation](image), size))
+                for j, image in zip(todo, decoded) if image is not None]
+        if done:
+            on_host = torch.stack([t for _, t in done]).cpu()  # one copy back, after which the buffer is free again
+            for row, (j, _) in enumerate(done):
+                out[j] = on_host[row]
         for j, image in zip(todo, decoded):
-            if image is None:
-                finished.append(None)
-                continue
-            upright = ORIENTATIONS[prepared[j].orientation](image)
-            finished.append(resize_crop(upright, size))
-        on_host = torch.stack([t for t in finished if t is not None]).cpu() if any(t is not None for t in finished) else None
-        row = 0
-        for j, tensor in zip(todo, finished):
-            if tensor is None:
+            if image is None:  # refused by the device decoder: Pillow decides whether it can be read, and says why not
                 try:
                     out[j] = self._fallback.prepare(source, int(indices[j]), size)
                 except DataError as exc:
                     out[j] = exc
-            else:
-                out[j] = on_host[row]
-                row += 1
         return out
 
     def _decode_one(self, blob: torch.Tensor) -> Optional[torch.Tensor]:

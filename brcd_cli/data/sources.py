@@ -7,9 +7,10 @@ front, so a source over a million files costs only its path list.
 Decoding can be sized to the job: a model that sees 64 px needs nothing like
 the 12 million pixels of a camera JPEG, and JPEG can be decoded at 1/2, 1/4 or
 1/8 scale in the DCT domain (Pillow's draft mode) for a fraction of the cost
-of a full decode. ``draft=N`` asks for the smallest such scale whose shorter
-side is still at least N, so the resize and centre crop that follow see the
-same picture, only with less to throw away. A drafted image carries, in
+of a full decode. ``draft=N`` (N: the model's input size) asks for the
+smallest such scale whose shorter side is still at least ``DRAFT_MARGIN`` x N,
+so the resize and centre crop that follow see the same picture, only with
+less to throw away. A drafted image carries, in
 ``info[DRAFT_BOX]``, the region that the whole picture covers in its pixels:
 a scaled side rounds up to whole pixels (540 rows at 1/8 are 67.5), and
 resizing from that region keeps the geometry of the full decode exactly.
@@ -33,6 +34,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 
 # Pillow refuses images above this many pixels (decompression bombs) with an error.
 Image.MAX_IMAGE_PIXELS = 89_478_485
+
+#: A draft keeps the shorter side at least this many times the input size, so that Pillow's resize still
+#: reduces by 2x or more with its own filter: on 200 real photographs at their own sizes a lite0 student's
+#: codes moved 0.17 bits per code from the full decode's this way, 0.56 with a draft just covering the
+#: input. A 12 MP photo is still decoded at 1/8 for any input up to 187 px, so it costs nothing there.
+DRAFT_MARGIN = 2
 
 #: ``info`` key of a drafted image: (left, top, right, bottom) of the whole picture in its pixels, upright.
 DRAFT_BOX = "brcd_draft_box"
@@ -65,7 +72,7 @@ class ImageSource:
     def load(self, i: int, draft: Optional[int] = None) -> Image.Image:
         """Decode item ``i`` as RGB; any decoding problem becomes a DataError naming the item.
 
-        With ``draft``, a JPEG file may come back reduced, its shorter side still at least ``draft``.
+        With ``draft`` (the input size), a JPEG file may come back reduced (:func:`decode_image`).
         """
         try:
             image = read_image_file(self.files[i], draft) if draft and self.files is not None else self.loader(i)
@@ -134,9 +141,9 @@ def decode_image(data: Union[Path, bytes], name: str, draft: Optional[int] = Non
     The declared size is checked before any pixel is decoded, so a
     decompression bomb costs nothing (and a draft cannot hide one: the check
     sees the full size); truncated data fails instead of being padded with
-    grey. With ``draft``, a JPEG is decoded at the smallest DCT scale (1/8,
-    1/4, 1/2) whose shorter side is still at least ``draft``; other formats
-    decode in full. EXIF orientation is applied after decoding, which a draft
+    grey. With ``draft`` (the input size the image is for), a JPEG is decoded
+    at the smallest DCT scale (1/8, 1/4, 1/2) whose shorter side is still at
+    least ``DRAFT_MARGIN * draft``; other formats decode in full. EXIF orientation is applied after decoding, which a draft
     does not disturb: a rotation swaps the sides but keeps the shorter one.
     """
     if isinstance(data, bytes) and not data:
@@ -149,7 +156,8 @@ def decode_image(data: Union[Path, bytes], name: str, draft: Optional[int] = Non
                     f"cannot read image {name}: {width}x{height} pixels is above the {Image.MAX_IMAGE_PIXELS:,} pixel limit "
                     "(possible decompression bomb)"
                 )
-            drafted = im.draft(None, (draft, draft)) if draft else None  # None for formats without DCT scaling
+            target = DRAFT_MARGIN * draft if draft else 0
+            drafted = im.draft(None, (target, target)) if draft else None  # None for formats without DCT scaling
             im.load()
             if drafted is not None:
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
