@@ -2,14 +2,16 @@
 # Build brcd's CUDA kernels on this machine, run the GPU tests and the GPU
 # benchmarks, in one go (a few minutes on one GPU). Needs python3 with torch
 # (CUDA build), nvcc of the same CUDA major version, pybind11, ninja, typer,
-# numpy, pytest; cupy is used when installed. No network access is needed.
+# numpy, pytest, torchvision (nvJPEG decoding); cupy is used when installed.
+# No network access is needed.
 #
 #   scripts/gpu_check.sh            # results in $OUT, else /tmp/brcd-gpu-check
 #   PYTHON=/path/to/python3 N=1000000 scripts/gpu_check.sh
 #
 # Writes into the results folder: build.log, tests.log, junit.xml, info.json,
 # bench_search.json (extension or first GPU backend), bench_search_cupy.json
-# (when CuPy and the extension are both there), bench_loss.json, summary.json.
+# (when CuPy and the extension are both there), bench_loss.json,
+# loader_tests.log + junit_loader.xml (nvJPEG decoding), bench_encode.json, summary.json.
 # The package is not installed: the extensions are built in place and a
 # staging folder maps kernels/ to brcd_cli.kernels as setup.py does.
 set -uo pipefail
@@ -67,6 +69,19 @@ timeout 300 "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/p
 TESTS=$?
 tail -25 "$RESULTS/tests.log"
 
+step "nvJPEG decode tests (tests/test_loader.py: the device decoder, then nvJPEG against Pillow's exact decode)"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
+    "$ROOT/tests/test_loader.py" -k "nvjpeg or device_decoder or orientations or resize_crop" \
+    --junitxml "$RESULTS/junit_loader.xml" >"$RESULTS/loader_tests.log" 2>&1
+LOADER_TESTS=$?
+tail -8 "$RESULTS/loader_tests.log"
+[ "$LOADER_TESTS" -eq 0 ] || TESTS=$LOADER_TESTS
+
+step "bench: encode 12 MP JPEGs, Pillow draft/exact vs nvJPEG (--decode-device cuda)"
+timeout 420 "$PY" -m brcd_cli bench encode --decode-device cuda --sizes 4000x3000 --images 96 --distinct 12 \
+    --folder "$RESULTS/bench-encode-jpegs" --json >"$RESULTS/bench_encode.json"; cat "$RESULTS/bench_encode.json"; echo
+rm -rf "$RESULTS/bench-encode-jpegs" "$RESULTS/bench-encode-jpegs-work"
+
 step "bench: k-NN, $N codes x 1000 queries, k=100"
 timeout 240 "$PY" -m brcd_cli bench search --device cuda --json --n "$N" --queries 1000 -k 100 --repeats 3 \
     >"$RESULTS/bench_search.json"; cat "$RESULTS/bench_search.json"; echo
@@ -91,7 +106,7 @@ def load(name):
         return {"error": f"{type(exc).__name__}: {exc}"}
 summary = {"build": build, "tests_exit_code": tests, "seconds": seconds,
            "search": load("bench_search.json"), "search_cupy": load("bench_search_cupy.json"),
-           "loss": load("bench_loss.json")}
+           "loss": load("bench_loss.json"), "encode": load("bench_encode.json")}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(json.dumps({k: summary[k] for k in ("build", "tests_exit_code", "seconds")}))
 EOF

@@ -121,7 +121,7 @@ def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, cap
     assert set(rows) == {("draft", 0), ("draft", 2), ("exact", 0), ("exact", 2)}
     assert all(r["images"] == 7 and r["skipped"] == 0 and r["images_per_s"] > 0 for r in rows.values())
     assert report["parallel_identical_to_serial"] == {"draft": True, "exact": True}
-    moved = report["codes_moved_draft_vs_exact"]
+    moved = report["codes_moved"]["draft_vs_exact"]
     assert moved["bench_folder"]["codes"] == 7 and moved["native_photographs"]["codes"] == 20
     assert 0 <= moved["bench_folder"]["mean_bits_changed"] <= moved["bench_folder"]["max_bits_changed"] <= 16
     # the folder is made once: a second run finds it by its manifest and leaves the files alone

@@ -306,13 +306,17 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
             files[count] = work / f"{decoding}-{count}.codes"
             rows.append(_end_to_end(folder, model_dir, files[count], config.batch_size, count, decoding, startup))
         identical[decoding] = files[0].read_bytes() == files[workers].read_bytes()
-    moved: dict[str, Any] = {}
+    moved: dict[str, dict[str, Any]] = {}
     if {"draft", "exact"} <= set(config.decodings):
-        moved["bench_folder"] = _bits_changed(work / "draft-0.codes", work / "exact-0.codes")
         native = native_folder(work, config.quality)
         for decoding in ("draft", "exact"):
             _end_to_end(native, model_dir, work / f"native-{decoding}.codes", config.batch_size, workers, decoding)
-        moved["native_photographs"] = _bits_changed(work / "native-draft.codes", work / "native-exact.codes")
+        moved["draft_vs_exact"] = {
+            "bench_folder": _bits_changed(work / "draft-0.codes", work / "exact-0.codes"),
+            "native_photographs": _bits_changed(work / "native-draft.codes", work / "native-exact.codes"),
+        }
+    if {"cuda", "exact"} <= set(config.decodings):  # nvJPEG and the GPU's resize against Pillow's exact decode
+        moved["cuda_vs_exact"] = {"bench_folder": _bits_changed(work / "cuda-0.codes", work / "exact-0.codes")}
 
     sizes = sorted({p.stat().st_size for p in folder.glob("*.jpg")})
     return {
@@ -322,7 +326,7 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         "file_mb": {"min": round(sizes[0] / 1e6, 2), "max": round(sizes[-1] / 1e6, 2)},
         "batch_size": config.batch_size, "workers": workers, "torch_threads": torch.get_num_threads(),
         "network_images_per_s": round(network, 1), "split_ms": {d: {k: round(v, 2) for k, v in s.items()} for d, s in split.items()},
-        "end_to_end": rows, "parallel_identical_to_serial": identical, "codes_moved_draft_vs_exact": moved,
+        "end_to_end": rows, "parallel_identical_to_serial": identical, "codes_moved": moved,
         "startup_s": round(startup, 3),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
     }
@@ -355,10 +359,12 @@ def format_report(report: dict[str, Any]) -> list[str]:
                      f"{row['cpu_ms_per_image']:.1f} ms CPU per image")
     lines.append("parallel == serial (bytes): " + ", ".join(f"{d} {'yes' if ok else 'NO'}"
                                                           for d, ok in report["parallel_identical_to_serial"].items()))
-    for where, m in report["codes_moved_draft_vs_exact"].items():
-        lines.append(f"draft vs exact codes, {where.replace('_', ' ')}: {m['mean_bits_changed']:.2f} of {m['bits']} bits "
-                     f"changed per code on average (max {m['max_bits_changed']}; {100 * m['identical_share']:.0f}% identical; "
-                     f"{m['codes']} codes)")
+    for pair, places in report["codes_moved"].items():
+        for where, m in places.items():
+            label = f"{pair.replace('_vs_', ' vs ')} codes, {where.replace('_', ' ')}"
+            lines.append(f"{label}: {m['mean_bits_changed']:.2f} of {m['bits']} bits "
+                         f"changed per code on average (max {m['max_bits_changed']}; {100 * m['identical_share']:.0f}% identical; "
+                         f"{m['codes']} codes)")
     return lines
 
 
