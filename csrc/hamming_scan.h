@@ -17,11 +17,11 @@
 //           scans rows in place with the AVX2 kernel instead of paying a copy);
 //   avx2:   rows in place for 64/128/256-bit codes: a step compares 4 * U codes
 //           in vector registers (nibble lookup with VPSHUFB, both halves summed
-//           by one VPSADBW) and S more codes with scalar POPCNT, so that the
-//           vector pipes and the integer pipes of the core work at the same
-//           time; Q queries share each load, its in-register transpose and its
-//           nibble split. docs/kernels.md derives the shapes and their limits.
-//           Other widths read a word-major copy, 4 codes per register;
+//           by one VPSADBW; 128- and 256-bit rows are transposed in registers)
+//           and S more codes with scalar POPCNT, so that the vector pipes and
+//           the integer pipes of the core work at the same time.
+//           docs/kernels.md derives the shapes and their limits. Other widths
+//           read a word-major copy, 4 codes per register;
 //   popcnt / portable: one code at a time with the POPCNT instruction or a
 //           branch-free bit count (baseline x86-64, or any architecture).
 // On AArch64 the neon variant (rows, CNT + pairwise ADDP reductions, 8 codes
@@ -204,64 +204,52 @@ struct Avx2Rows<4> {
     }
 };
 
-// How a rows step is shaped for NW-word codes: Q queries share each load, U
-// registers of 4 codes go through the vector pipes and S codes through scalar
-// POPCNT. Measured best on the AVX2 path of an AMD Zen 5 core; see docs/kernels.md.
+// How a rows step is shaped for NW-word codes: U registers of 4 codes go
+// through the vector pipes and S more codes through scalar POPCNT. Measured
+// best on the AVX2 path of an AMD Zen 5 core (docs/kernels.md).
 template <size_t NW>
 struct Avx2Shape;
 template <>
 struct Avx2Shape<1> {
-    static constexpr int Q = 2, U = 2, S = 4;
+    static constexpr int U = 4, S = 10;
 };
 template <>
 struct Avx2Shape<2> {
-    static constexpr int Q = 3, U = 2, S = 4;
+    static constexpr int U = 2, S = 4;
 };
 template <>
 struct Avx2Shape<4> {
-    static constexpr int Q = 3, U = 1, S = 2;
+    static constexpr int U = 2, S = 4;
 };
 
-// A block of Q queries, each word broadcast, with its nibbles and its threshold as compared.
-template <size_t NW, int Q>
-struct Avx2Queries {
-    __m256i word[Q][NW], lo[Q][NW], hi[Q][NW];
-    __m256i limit[Q];  // 64 * NW - thr: a lane's VPSADBW value exceeds it exactly when its distance is below thr
-    uint32_t thr[Q];
-    const uint64_t* q;
+// One query: its words broadcast, and its threshold as the step compares it.
+template <size_t NW>
+struct Avx2Query {
+    __m256i word[NW];
+    __m256i limit;  // 64 * NW - thr: a lane's VPSADBW value exceeds it exactly when its distance is below thr
+    uint64_t q[NW];  // a local copy, so the scalar codes compare against registers
+    uint32_t thr;
 
-    BRCD_TARGET_AVX2 explicit Avx2Queries(const uint64_t* q_) : q(q_) {
-        for (int i = 0; i < Q; ++i) {
-            for (size_t w = 0; w < NW; ++w) {
-                word[i][w] = _mm256_set1_epi64x(static_cast<long long>(q[i * NW + w]));
-                const Nibbles n = avx2_nibbles(word[i][w]);
-                lo[i][w] = n.lo;
-                hi[i][w] = n.hi;
-            }
-            set_thr(i, 0);
+    BRCD_TARGET_AVX2 explicit Avx2Query(const uint64_t* q_) {
+        for (size_t w = 0; w < NW; ++w) {
+            q[w] = q_[w];
+            word[w] = _mm256_set1_epi64x(static_cast<long long>(q[w]));
         }
+        set_thr(0);
     }
-    BRCD_TARGET_AVX2 BRCD_INLINE void set_thr(int i, uint32_t t) {
-        thr[i] = t;
-        limit[i] = _mm256_set1_epi64x(static_cast<long long>(64 * NW) - static_cast<long long>(t));
+    BRCD_TARGET_AVX2 BRCD_INLINE void set_thr(uint32_t t) {
+        thr = t;
+        limit = _mm256_set1_epi64x(static_cast<long long>(64 * NW) - static_cast<long long>(t));
     }
 };
 
-// 64 * NW - distance per lane for one query against four codes. With one query
-// the code is xored first and split after; a block shares the split of the
-// codes, so each query costs only the xors of the nibbles.
-template <size_t NW, int Q>
-BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_complement_counts(const __m256i* code, const Nibbles* split,
-                                                            const Avx2Queries<NW, Q>& qs, int i) {
+// 64 * NW - distance per lane, for four codes given as one register per word.
+template <size_t NW>
+BRCD_TARGET_AVX2 BRCD_INLINE __m256i avx2_complement_counts(const __m256i* code, const Avx2Query<NW>& qv) {
     const __m256i lut = avx2_nibble_lut(), lut_c = avx2_nibble_lut_complement();
-    __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+    __m256i a = _mm256_setzero_si256(), b = a;
     for (size_t w = 0; w < NW; ++w) {
-        Nibbles n;
-        if (Q == 1) {
-            n = avx2_nibbles(_mm256_xor_si256(code[w], qs.word[i][w]));
-        } else {
-            n = {_mm256_xor_si256(split[w].lo, qs.lo[i][w]), _mm256_xor_si256(split[w].hi, qs.hi[i][w])};
-        }
+        const Nibbles n = avx2_nibbles(_mm256_xor_si256(code[w], qv.word[w]));
         const __m256i ca = _mm256_shuffle_epi8(lut, n.lo), cb = _mm256_shuffle_epi8(lut_c, n.hi);
         a = w ? _mm256_add_epi8(a, ca) : ca;
         b = w ? _mm256_add_epi8(b, cb) : cb;
@@ -276,76 +264,68 @@ BRCD_TARGET_AVX2 BRCD_INLINE uint32_t avx2_row_distance(const uint64_t* row, con
     return d;
 }
 
-// Selection over rows in place for Q queries (see the file comment for the step).
-// Hits are rare once the thresholds settle, so a step only asks whether any
-// lane of any query is below its threshold: the VPSADBW values of a query's U
-// registers are folded by a byte-wise maximum (never below the largest value,
-// and equal to it while every value is at most the limit, so no hit is lost)
-// and compared once; a scalar code leaves at its first hit. A step with a hit
-// is re-checked code by code, in index order, for each query of the block.
-template <size_t NW, int Q, int U, int S>
-BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select_q(const Tile& t, const uint64_t* q, Selector* sels) {
-    constexpr size_t kStep = 4 * U + S;
-    Avx2Queries<NW, Q> qs(q);
-    // Local copies, so that the scalar codes compare against registers (the
-    // selectors' pushes could otherwise alias the queries and thresholds).
-    uint64_t qw[Q * NW];
-    uint32_t thr[Q];
-    for (int i = 0; i < Q; ++i) {
-        for (size_t w = 0; w < NW; ++w) qw[i * NW + w] = q[i * NW + w];
-        thr[i] = sels[i].thr;
-        qs.set_thr(i, thr[i]);
+// The codes of one step below the query's threshold into its selector, in
+// index order. A hit is rare, so the vector counts are recomputed here; every
+// code's distance and a bit mask of the candidates (bit b: code j + b) are
+// formed without branches, and only the candidates are visited.
+template <size_t NW, int U, int S>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_take(const Tile& t, size_t j, const __m256i (*code)[NW],
+                                                 Avx2Query<NW>& qv, Selector& s) {
+    static_assert(4 * U + S <= 32, "a step's candidates fit one 32-bit mask");
+    const uint64_t* step = t.words + j * NW;
+    uint32_t dist[4 * U + S];
+    for (int u = 0; u < U; ++u) {
+        alignas(32) uint64_t lane[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lane), avx2_complement_counts<NW>(code[u], qv));
+        for (int k = 0; k < 4; ++k) dist[4 * u + k] = static_cast<uint32_t>(64 * NW - lane[Avx2Rows<NW>::kLaneOf[k]]);
     }
+    for (int k = 0; k < S; ++k) dist[4 * U + k] = avx2_row_distance<NW>(step + (4 * U + k) * NW, qv.q);
+    uint32_t below = 0;
+    for (int b = 0; b < 4 * U + S; ++b) below |= static_cast<uint32_t>(dist[b] < s.thr) << b;
+    while (below) {
+        const int b = __builtin_ctz(below);
+        below &= below - 1;
+        if (dist[b] < s.thr) s.push(dist[b], t.base + j + static_cast<uint64_t>(b));
+    }
+    qv.set_thr(s.thr);
+}
+
+// Selection over rows in place for one query (see the file comment for the
+// step). Hits are rare once the threshold settles, so a step only asks whether
+// any code is below it: the VPSADBW values of the U registers are folded by a
+// byte-wise maximum (never below the largest value, and equal to it while every
+// value is at most the limit, so no hit is lost) and compared once, and a
+// scalar code leaves at the first hit. A step with a hit hands its codes below
+// the threshold to the selector, in index order.
+template <size_t NW, int U, int S>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select_one(const Tile& t, const uint64_t* q, Selector& s) {
+    constexpr size_t kStep = 4 * U + S;
+    Avx2Query<NW> qv(q);
+    qv.set_thr(s.thr);
     const uint64_t* const rows = t.words;
     const size_t n = t.n;
     size_t j = 0;
     for (; j + kStep <= n; j += kStep) {
         const uint64_t* step = rows + j * NW;
         __m256i code[U][NW];
-        Nibbles split[U][NW];
-        for (int u = 0; u < U; ++u) {
-            Avx2Rows<NW>::load(step + 4 * u * NW, code[u]);
-            if (Q > 1) {
-                for (size_t w = 0; w < NW; ++w) {
-                    split[u][w] = avx2_nibbles(code[u][w]);
-                    // Opaque to the optimiser: it would otherwise fold (c & m) ^ (q & m)
-                    // back into (c ^ q) & m and split every query's xor again.
-                    __asm__("" : "+x"(split[u][w].lo), "+x"(split[u][w].hi));
-                }
-            }
-        }
-        __m256i any = _mm256_setzero_si256();
-        for (int i = 0; i < Q; ++i) {
-            __m256i top = avx2_complement_counts<NW, Q>(code[0], split[0], qs, i);
-            for (int u = 1; u < U; ++u) top = _mm256_max_epu8(top, avx2_complement_counts<NW, Q>(code[u], split[u], qs, i));
-            any = _mm256_or_si256(any, _mm256_cmpgt_epi64(top, qs.limit[i]));
-        }
-        if (BRCD_UNLIKELY(!_mm256_testz_si256(any, any))) goto recheck;
-        for (int c = 0; c < S; ++c) {
-            const uint64_t* row = step + (4 * U + c) * NW;
-            for (int i = 0; i < Q; ++i)
-                if (BRCD_UNLIKELY(avx2_row_distance<NW>(row, qw + i * NW) < thr[i])) goto recheck;
-        }
+        for (int u = 0; u < U; ++u) Avx2Rows<NW>::load(step + 4 * u * NW, code[u]);
+        __m256i top = avx2_complement_counts<NW>(code[0], qv);
+        for (int u = 1; u < U; ++u) top = _mm256_max_epu8(top, avx2_complement_counts<NW>(code[u], qv));
+        const __m256i any = _mm256_cmpgt_epi64(top, qv.limit);
+        if (BRCD_UNLIKELY(!_mm256_testz_si256(any, any))) goto take;
+        for (int c = 0; c < S; ++c)
+            if (BRCD_UNLIKELY(avx2_row_distance<NW>(step + (4 * U + c) * NW, qv.q) < qv.thr)) goto take;
         continue;
-    recheck:
-        for (int i = 0; i < Q; ++i) {
-            scalar_select_range<PopHardware, NW, Layout::rows>(t, NW, qw + i * NW, j, j + kStep, sels[i]);
-            thr[i] = sels[i].thr;
-            qs.set_thr(i, thr[i]);
-        }
+    take:
+        avx2_rows_take<NW, U, S>(t, j, code, qv, s);
     }
-    for (int i = 0; i < Q; ++i) scalar_select_range<PopHardware, NW, Layout::rows>(t, NW, qw + i * NW, j, n, sels[i]);
+    scalar_select_range<PopHardware, NW, Layout::rows>(t, NW, qv.q, j, n, s);
 }
 
-// A block of any size: groups of Q, then the rest with fewer queries per group.
-template <size_t NW, int Q>
+template <size_t NW>
 BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select(const Tile& t, const uint64_t* q, size_t nq, Selector* sels) {
-    using Shape = Avx2Shape<NW>;
-    size_t i = 0;
-    for (; i + Q <= nq; i += Q) avx2_rows_select_q<NW, Q, Shape::U, Shape::S>(t, q + i * NW, sels + i);
-    if constexpr (Q > 1) {
-        if (i < nq) avx2_rows_select<NW, Q - 1>(t, q + i * NW, nq - i, sels + i);
-    }
+    for (size_t i = 0; i < nq; ++i)
+        avx2_rows_select_one<NW, Avx2Shape<NW>::U, Avx2Shape<NW>::S>(t, q + i * NW, sels[i]);
 }
 
 template <size_t NW>
@@ -357,17 +337,17 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_distances(const Tile& t, const uint6
                                            2 * R::kLaneOf[3], 1, 3, 5, 7);
     const __m256i full = _mm256_set1_epi64x(64 * NW);
     for (size_t i = 0; i < nq; ++i) {
-        const Avx2Queries<NW, 1> qs(q + i * NW);
+        const Avx2Query<NW> qv(q + i * NW);
         int32_t* o = out + i * out_stride;
         size_t j = 0;
         for (; j + 4 <= t.n; j += 4) {
             __m256i code[NW];
-            Avx2Rows<NW>::load(t.words + j * NW, code);
-            const __m256i d = _mm256_sub_epi64(full, avx2_complement_counts<NW, 1>(code, nullptr, qs, 0));
+            R::load(t.words + j * NW, code);
+            const __m256i d = _mm256_sub_epi64(full, avx2_complement_counts<NW>(code, qv));
             _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j),
                              _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(d, pick)));
         }
-        for (; j < t.n; ++j) o[j] = static_cast<int32_t>(avx2_row_distance<NW>(t.words + j * NW, q + i * NW));
+        for (; j < t.n; ++j) o[j] = static_cast<int32_t>(avx2_row_distance<NW>(t.words + j * NW, qv.q));
     }
 }
 
@@ -449,7 +429,7 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_columns_distances(const Tile& t, size_t n
 template <size_t NW>
 BRCD_TARGET_AVX2 BRCD_INLINE void avx2_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* sels) {
     if constexpr (NW == 1 || NW == 2 || NW == 4) {
-        if (t.layout == Layout::rows) return avx2_rows_select<NW, Avx2Shape<NW>::Q>(t, q, nq, sels);
+        if (t.layout == Layout::rows) return avx2_rows_select<NW>(t, q, nq, sels);
     }
     for (size_t i = 0; i < nq; ++i) avx2_columns_select<NW>(t, nw, q + i * words<NW>(nw), sels[i]);
 }
@@ -565,7 +545,7 @@ template <size_t NW>
 BRCD_TARGET_AVX512 BRCD_INLINE void avx512_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq,
                                                   Selector* sels) {
     if constexpr (NW == 2 || NW == 4) {
-        if (t.layout == Layout::rows) return avx2_rows_select<NW, Avx2Shape<NW>::Q>(t, q, nq, sels);
+        if (t.layout == Layout::rows) return avx2_rows_select<NW>(t, q, nq, sels);
     }
     for (size_t i = 0; i < nq; ++i) avx512_columns_select<NW>(t, nw, q + i * words<NW>(nw), sels[i]);
 }
