@@ -12,7 +12,8 @@ from brcd_cli.errors import BrcdError
 from conftest import run_cli
 
 SMALL = dict(n=3000, queries=20, k=10, threads=2, repeats=1, check_queries=3)
-REQUIRED = {"brcd_qps", "faiss_qps", "speedup", "exact", "backend", "simd_path", "threads", "faiss", "load_average"}
+REQUIRED = {"brcd_qps", "faiss_qps", "speedup", "exact", "backend", "simd_path", "threads", "faiss", "load_average",
+            "brcd_codes_per_s_per_core", "faiss_codes_per_s_per_core", "cpu"}
 
 
 def _has_faiss() -> bool:
@@ -25,16 +26,37 @@ def test_throughput_report_is_exact(bits: int) -> None:
     assert REQUIRED <= set(report)
     assert report["mode"] == "throughput" and report["bits"] == bits and report["threads"] == 2
     assert report["exact"] is True and report["brcd_qps"] > 0
+    # Every query reads all n codes, spread over the threads.
+    assert report["brcd_codes_per_s_per_core"] == pytest.approx(report["brcd_qps"] * SMALL["n"] / 2, rel=1e-3)
     if _has_faiss():
         assert report["faiss_qps"] > 0 and report["speedup"] == pytest.approx(
             report["brcd_qps"] / report["faiss_qps"], rel=1e-2, abs=2e-3)
+        assert report["faiss_codes_per_s_per_core"] == pytest.approx(report["faiss_qps"] * SMALL["n"] / 2, rel=1e-3)
         assert "faiss distances for every query" in report["exact_checked_by"]
     json.dumps(report)  # JSON-ready
+
+
+def test_report_names_the_simd_path_and_rate_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced SIMD path is the one reported, in the JSON and in the text beside each queries/s."""
+    from brcd_cli import kernels
+
+    features = kernels.native_features() if kernels.available_backends()["native"] == "available" else None
+    if features is None:
+        pytest.skip("native extension not built")
+    path = features["simd_paths_supported"][-1]  # scalar: every CPU has it
+    monkeypatch.setenv("BRCD_SIMD", path)
+    report = run_search_bench(SearchBenchConfig(bits=64, **SMALL))
+    assert report["simd_path"] == path and report["cpu"]
+    lines = bench_search.format_report(report)
+    assert any(f"SIMD path: {path}" in line for line in lines)
+    brcd_line = next(line for line in lines if line.startswith("brcd ") and "queries/s" in line)
+    assert f"{report['brcd_codes_per_s_per_core'] / 1e9:.2f} G codes/s per core" in brcd_line
 
 
 def test_latency_mode_reports_percentiles() -> None:
     report = run_search_bench(SearchBenchConfig(bits=64, n=2000, queries=1, k=5, threads=1, repeats=1))
     assert report["mode"] == "latency" and report["queries"] == 1
+    assert report["brcd_codes_per_s_per_core"] == pytest.approx(report["brcd_qps"] * 2000, rel=1e-3)
     lat = report["brcd_latency_ms"]
     assert set(lat) == {"p50", "p90", "p99"} and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     if _has_faiss():

@@ -6,6 +6,11 @@ busy machine. faiss's IndexBinaryFlat is the peer: it is the exact binary index
 a user would otherwise reach for. faiss comes from the ``bench`` extra; without
 it the brcd side still runs and the report says why faiss is missing.
 
+Beside queries/s the report gives codes compared per second per core (queries/s
+times the database size over the thread count), the SIMD path that ran
+(``BRCD_SIMD`` forces one) and the CPU model, so that a run on any machine can be
+set against that machine's per-core limit (docs/kernels.md derives it).
+
 Correctness is part of the report: ``exact`` is true only when brcd's k
 distances equal the peer's for every query (faiss is exact too, but orders ties
 its own way, so only distances are compared) and brcd's (distance, index) lists
@@ -15,6 +20,7 @@ slow to run on every query of a million-code database).
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
@@ -98,6 +104,32 @@ def _latencies_ms(search_one: Callable[[np.ndarray], Any], queries: np.ndarray) 
     return out
 
 
+def codes_per_second_per_core(qps: float, n: int, threads: int) -> float:
+    """Database codes compared per second by each thread: every query reads all n codes."""
+    return qps * n / threads
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo on Linux, with its x86 family and model numbers (a virtual
+    machine often names only the brand, and these tell the core generation apart), else the platform's name."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or fields.get("Model") or fields.get("Hardware")
+    if not name:
+        return platform.processor() or platform.machine() or "unknown"
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def _percentiles(ms: np.ndarray) -> dict[str, float]:
     return {f"p{p}": round(float(np.percentile(ms, p)), 4) for p in LATENCY_PERCENTILES}
 
@@ -144,6 +176,7 @@ def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
         "threads": threads,
         "backend": backend,
         "simd_path": features["simd_path"] if features else None,
+        "cpu": cpu_model(),
         "faiss": faiss_version,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
@@ -159,6 +192,7 @@ def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
         report["brcd_seconds"] = round(brcd_s, 5)
         brcd_qps = n_q / brcd_s
     report["brcd_qps"] = round(brcd_qps, 2)
+    report["brcd_codes_per_s_per_core"] = round(codes_per_second_per_core(brcd_qps, config.n, threads))
 
     faiss_d = None
     faiss_qps: Optional[float] = None
@@ -181,6 +215,9 @@ def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
         finally:
             faiss.omp_set_num_threads(previous_threads)
     report["faiss_qps"] = round(faiss_qps, 2) if faiss_qps else None
+    report["faiss_codes_per_s_per_core"] = (
+        round(codes_per_second_per_core(faiss_qps, config.n, threads)) if faiss_qps else None
+    )
     report["speedup"] = round(brcd_qps / faiss_qps, 3) if faiss_qps else None
     if config.latency_mode and faiss_qps:
         report["latency_ratio"] = round(report["brcd_latency_ms"]["p50"] / report["faiss_latency_ms"]["p50"], 4)
@@ -199,16 +236,16 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"{report['bits']}-bit codes, n={report['n']}, k={report['k']}, threads={report['threads']}, "
         f"backend={report['backend']}" + (f" ({report['simd_path']})" if report["simd_path"] else "")
     )
-    lines = [head]
-    if report["mode"] == "latency":
-        for who in ("brcd", "faiss"):
+    lines = [head, f"cpu: {report['cpu']}, SIMD path: {report['simd_path'] or 'none (not the native backend)'}"]
+    for who in ("brcd", "faiss"):
+        per_core = report.get(f"{who}_codes_per_s_per_core")
+        rate = f"  {per_core / 1e9:6.2f} G codes/s per core" if per_core else ""
+        if report["mode"] == "latency":
             lat = report.get(f"{who}_latency_ms")
             if lat:
-                lines.append(f"{who:6s} latency ms  " + "  ".join(f"{p} {v:.3f}" for p, v in lat.items()))
-    else:
-        lines.append(f"brcd   {report['brcd_qps']:>12,.0f} queries/s")
-        if report["faiss_qps"]:
-            lines.append(f"faiss  {report['faiss_qps']:>12,.0f} queries/s")
+                lines.append(f"{who:6s} latency ms  " + "  ".join(f"{p} {v:.3f}" for p, v in lat.items()) + rate)
+        elif report[f"{who}_qps"]:
+            lines.append(f"{who:6s} {report[f'{who}_qps']:>12,.0f} queries/s" + rate)
     lines.append(f"faiss: {report['faiss']}")
     if report["speedup"] is not None:
         lines.append(f"speedup {report['speedup']:.2f}x over faiss IndexBinaryFlat")
