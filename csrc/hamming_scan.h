@@ -78,27 +78,35 @@ BRCD_INLINE size_t words(size_t nw) {
     return NW ? NW : nw;
 }
 
-// Word w of code j of a tile in layout L.
+// Where word w of code j lies, in layout L (stride as in Tile).
 template <Layout L>
-BRCD_INLINE uint64_t tile_word(const Tile& t, size_t j, size_t w) {
-    return load_word(L == Layout::rows ? t.words + j * t.stride + w : t.words + w * t.stride + j);
+BRCD_INLINE const uint64_t* word_at(const uint64_t* words_, size_t stride, size_t j, size_t w) {
+    return L == Layout::rows ? words_ + j * stride + w : words_ + w * stride + j;
 }
 
-// Distance of code j of a tile, one word at a time (scalar paths, SIMD tails and re-checks).
+// Distance of code j, one word at a time (scalar paths, SIMD tails and re-checks).
 template <class Pop, size_t NW, Layout L>
-BRCD_INLINE uint32_t scalar_distance(const Tile& t, size_t nw, const uint64_t* q, size_t j) {
+BRCD_INLINE uint32_t scalar_distance(const uint64_t* words_, size_t stride, size_t nw, const uint64_t* q, size_t j) {
     uint32_t d = 0;
-    for (size_t w = 0; w < words<NW>(nw); ++w) d += Pop::count(q[w] ^ tile_word<L>(t, j, w));
+    for (size_t w = 0; w < words<NW>(nw); ++w) d += Pop::count(q[w] ^ load_word(word_at<L>(words_, stride, j, w)));
     return d;
 }
 
-// Codes [j0, j1) of a tile into the selector, in index order.
+// Codes [j0, j1) of a tile into the selector, in index order. The tile's
+// fields and fixed-width query words are copied to locals: a push writes
+// memory, which would otherwise make the compiler reload them for every code.
 template <class Pop, size_t NW, Layout L>
 BRCD_INLINE void scalar_select_range(const Tile& t, size_t nw, const uint64_t* q, size_t j0, size_t j1, Selector& s) {
+    const uint64_t* const words_ = t.words;
+    const size_t stride = t.stride;
+    const uint64_t base = t.base;
+    uint64_t fixed[NW ? NW : 1];
+    for (size_t w = 0; w < NW; ++w) fixed[w] = q[w];
+    const uint64_t* qw = NW ? fixed : q;
     uint32_t thr = s.thr;
     for (size_t j = j0; j < j1; ++j) {
-        const uint32_t d = scalar_distance<Pop, NW, L>(t, nw, q, j);
-        if (BRCD_UNLIKELY(d < thr)) thr = s.push(d, t.base + j);
+        const uint32_t d = scalar_distance<Pop, NW, L>(words_, stride, nw, qw, j);
+        if (BRCD_UNLIKELY(d < thr)) thr = s.push(d, base + j);
     }
 }
 
@@ -113,7 +121,8 @@ BRCD_INLINE void scalar_distances(const Tile& t, size_t nw, const uint64_t* q, s
     for (size_t i = 0; i < nq; ++i) {
         const uint64_t* qi = q + i * words<NW>(nw);
         int32_t* o = out + i * out_stride;
-        for (size_t j = 0; j < t.n; ++j) o[j] = static_cast<int32_t>(scalar_distance<Pop, NW, L>(t, nw, qi, j));
+        for (size_t j = 0; j < t.n; ++j)
+            o[j] = static_cast<int32_t>(scalar_distance<Pop, NW, L>(t.words, t.stride, nw, qi, j));
     }
 }
 
@@ -422,7 +431,7 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_columns_distances(const Tile& t, size_t n
         const __m256i d = _mm256_permutevar8x32_epi32(avx2_d4<NW>(t, nw, q, j), pick);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(d));
     }
-    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW, Layout::word_major>(t, nw, q, j));
+    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW, Layout::word_major>(t.words, t.stride, nw, q, j));
 }
 
 // The AVX2 kernels for a tile of either layout (rows only come with NW = 1, 2 or 4).
@@ -538,7 +547,7 @@ BRCD_TARGET_AVX512 BRCD_INLINE void avx512_columns_distances(const Tile& t, size
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j),
                             _mm512_cvtepi64_epi32(avx512_d8<NW>(t.words, t.stride, nw, qv, j)));
     }
-    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW, Layout::word_major>(t, nw, q, j));
+    for (; j < t.n; ++j) out[j] = static_cast<int32_t>(scalar_distance<PopHardware, NW, Layout::word_major>(t.words, t.stride, nw, q, j));
 }
 
 template <size_t NW>
