@@ -8,8 +8,10 @@ backend reports a user mistake in the same words.
 many std::threads the native backend runs and how many of numba's pool the
 numba backend uses (at most NUMBA_NUM_THREADS); the reference is
 single-threaded and ignores it. The native
-backend also picks its SIMD path at run time (BRCD_SIMD=avx512|avx2|popcnt|scalar
-overrides it); ``native_features()`` says which one runs.
+backend also picks its SIMD path at run time from the CPU: avx512, avx2, popcnt
+or scalar on x86-64, neon or scalar on AArch64 (BRCD_SIMD overrides it with one
+of these names); ``native_features()`` says which one runs, and docs/kernels.md
+how each works and how close it comes to its core's limit.
 
 The backends form one registry (kernels/_registry.py, shared with the GPU and
 lookup dispatch): importing this module loads neither numba nor the C++

@@ -182,6 +182,31 @@ def test_unaligned_arrays(backend: str) -> None:
         _check_all_ops(backend, q, db, [q], ks=[1, 50, 1003], radii=[bits // 3])
 
 
+def test_tile_layouts_by_query_block(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of many queries (AVX-512 reads word-major copies) and single queries (rows in place) agree."""
+    monkeypatch.setattr(dispatch, "default_threads", lambda: 1)
+    rng = np.random.default_rng(16)
+    for bits in (64, 128, 256, 72, 192):
+        q, db = _random(rng, 40, bits), _clustered(rng, 2077, bits)
+        q[5] = db[2076]
+        _check_all_ops(backend, q, db, [], ks=[1, 100], radii=[bits // 3])
+        for i in (0, 5):
+            _check_all_ops(backend, q[i : i + 1], db, [], ks=[1, 100, 2077], radii=[0, bits // 3])
+
+
+def test_simd_choices_are_this_architectures() -> None:
+    if K.available_backends()["native"] != "available":
+        pytest.skip("native extension not built")
+    import brcd_cli._hamming_cpu as native
+
+    features = native.cpu_features()
+    choices = {"x86_64": "scalar, popcnt, avx2, avx512", "aarch64": "scalar, neon"}.get(features["arch"], "scalar")
+    with pytest.raises(ValueError, match=f"choose one of {choices}, or auto"):
+        native._set_simd_path("sse9")
+    assert features["simd_paths_compiled"] == list(reversed(choices.split(", ")))
+    assert features["cpu_neon"] == (features["arch"] == "aarch64" and "neon" in features["simd_paths_supported"])
+
+
 def test_simd_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     if K.available_backends()["native"] != "available":
         pytest.skip("native extension not built")
