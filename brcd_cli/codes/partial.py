@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -31,11 +33,11 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from .header import file_error
-from .reader import decode_id
 from .writer import CodesWriter, encode_id
 
 STATE_VERSION = 1
 _FILES = ("codes.u8", "ids.bin", "skipped.tsv")
+_ID_BLOCK = 1 << 22  # ids.bin is read back in 4 MiB blocks when the job finishes
 
 
 def partial_dir(out: Path) -> Path:
@@ -89,6 +91,9 @@ class _Committed:
     ids_bytes: int = 0
     skipped: int = 0
     skipped_bytes: int = 0
+    #: when the job first started (ns since the epoch), kept across resumes: a file changed after it may have
+    #: been read before the change, which is what a record of the files behind the codes must know
+    started_ns: int = 0
 
 
 class PartialCodes:
@@ -113,6 +118,7 @@ class PartialCodes:
         """A fresh staging area (any earlier one is discarded)."""
         self.discard()
         self.replace_existing = replace_existing
+        self.state = _Committed(started_ns=time.time_ns())
         self.dir.mkdir(parents=True)
         for name in _FILES:
             (self.dir / name).touch()
@@ -129,6 +135,7 @@ class PartialCodes:
         try:
             raw = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
             fields = {k: int(raw[k]) for k in ("next_index", "count", "ids_bytes", "skipped", "skipped_bytes")}
+            fields["started_ns"] = int(raw.get("started_ns", 0))  # 0: a job from before the field was kept
             job = (int(raw["version"]), int(raw["bits"]), str(raw["producer"]), str(raw["digest"]))
             self.replace_existing = bool(raw.get("replace_existing", False))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -183,15 +190,20 @@ class PartialCodes:
         """Turn the staged codes into ``out`` (atomically) and remove the staging area."""
         self._close_handles()
         width = self.bits // 8
-        codes = np.fromfile(self.dir / "codes.u8", dtype=np.uint8, count=self.state.count * width)
-        codes = codes.reshape(self.state.count, width)
-        ids = _read_ids(self.dir / "ids.bin", self.state.ids_bytes)
-        if len(ids) != self.state.count:
-            raise file_error(self.dir, f"holds {self.state.count} codes but {len(ids)} ids; pass --force to start over")
+        count = self.state.count
+        codes = (np.memmap(self.dir / "codes.u8", dtype=np.uint8, mode="r", shape=(count, width)) if count
+                 else np.zeros((0, width), np.uint8))
         with CodesWriter(self.out, self.bits, self.producer, self.code_space, overwrite=self.replace_existing,
                          metadata=self.metadata) as writer:
-            for start in range(0, self.state.count, chunk):
-                writer.append(codes[start : start + chunk], ids[start : start + chunk])
+            for lengths, blob in _staged_ids(self.dir / "ids.bin", self.state.ids_bytes, chunk):
+                start = writer.count
+                if start + len(lengths) > count:
+                    break
+                writer.append_encoded(codes[start : start + len(lengths)], lengths, blob)
+            if writer.count != count:
+                writer.abort()
+                raise file_error(self.dir, f"holds {count} codes but not as many ids; pass --force to start over")
+        del codes
         shutil.rmtree(self.dir)
 
     # -- internals -------------------------------------------------------------
@@ -220,11 +232,31 @@ def _one_line(text: str) -> str:
     return str(text).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
-def _read_ids(path: Path, size: int) -> list[str]:
-    raw = path.read_bytes()[:size]
-    ids, pos = [], 0
-    while pos < len(raw):
-        n = int.from_bytes(raw[pos : pos + 4], "little")
-        ids.append(decode_id(raw[pos + 4 : pos + 4 + n]))
-        pos += 4 + n
-    return ids
+def _staged_ids(path: Path, size: int, batch: int) -> Iterator[tuple[np.ndarray, bytes]]:
+    """The committed ids of ids.bin (u32 length + bytes each) in batches of at most ``batch``:
+    (lengths, their bytes back to back), read in blocks so memory stays flat for any count."""
+    with open(path, "rb") as handle:
+        pending, remaining = b"", size
+        lengths: list[int] = []
+        parts: list[bytes] = []
+        while remaining > 0 or pending:
+            block = handle.read(min(_ID_BLOCK, remaining)) if remaining > 0 else b""
+            remaining -= len(block)
+            if not block and remaining > 0:
+                raise file_error(path, "is shorter than its last commit; pass --force to start over")
+            data, pos = pending + block, 0
+            while pos + 4 <= len(data):
+                n = int.from_bytes(data[pos : pos + 4], "little")
+                if pos + 4 + n > len(data):
+                    break
+                lengths.append(n)
+                parts.append(data[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+                if len(lengths) == batch:
+                    yield np.asarray(lengths, dtype=np.uint64), b"".join(parts)
+                    lengths, parts = [], []
+            pending = data[pos:]
+            if not block and pending:
+                raise file_error(path, "ends inside an id; pass --force to start over")
+        if lengths:
+            yield np.asarray(lengths, dtype=np.uint64), b"".join(parts)

@@ -52,6 +52,16 @@ class CodeIds(Sequence[str]):
         start, end = int(self._offsets[position]), int(self._offsets[position + 1])
         return decode_id(bytes(self._blob[start:end]))
 
+    def raw(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids ``start..stop-1`` still encoded: each one's length in bytes (u64), and their bytes back to back.
+
+        What copying items into another codes file needs (``CodesWriter.append_encoded``): nothing is decoded.
+        """
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"ids {start}..{stop} lie outside 0..{len(self)}")
+        bounds = np.asarray(self._offsets[start : stop + 1], dtype=np.uint64)
+        return np.diff(bounds), self._blob[int(bounds[0]) : int(bounds[-1])]
+
     def __iter__(self) -> Iterator[str]:
         for first in range(0, len(self), _ID_BATCH):
             bounds = np.asarray(self._offsets[first : first + _ID_BATCH + 1], dtype=np.int64)

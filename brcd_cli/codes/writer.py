@@ -1,10 +1,15 @@
 """Writing codes files: streamed to a temp file, then renamed into place.
 
 Codes go straight to disk as they arrive, so a collection larger than memory
-can be encoded; only the ids are held until the end because their offsets
-table precedes them. The header is written last: until then the temp file
-starts with zeros, and until the rename the destination is untouched, so a
-crash leaves either the old file or no file, never a half file that looks whole.
+can be encoded. The ids cannot: their offsets table precedes them and its size
+is known only at the end. So they stream to two anonymous side files beside
+the target (the ids' bytes, and each id's end offset) and are copied after
+the codes when the file closes: memory stays flat whatever the count (writing
+20M ids once held 4.1 GB of Python lists), at the cost of one sequential copy
+of the ids. The header is written last: until then the temp file starts with
+zeros, and until the rename the destination is untouched, so a crash leaves
+either the old file or no file, never a half file that looks whole (the side
+files are unlinked from the start, so a crash leaves nothing of them either).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import dataclasses
 import json
 import operator
 import os
+import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +28,8 @@ import numpy as np
 
 from ..atomic import AtomicFile
 from .header import FINGERPRINT_BYTES, HEADER_SIZE, Header, file_error
+
+_COPY_BLOCK = 1 << 23  # the side files are copied into the codes file in 8 MiB blocks
 
 
 def encode_id(item_id: str | os.PathLike[str]) -> bytes:
@@ -84,28 +92,67 @@ class CodesWriter:
         self._code_space = parse_fingerprint("code_space", code_space)
         self._metadata = encode_metadata(metadata)
         self._refuse_existing()
-        self._ids: list[bytes] = []
+        self._count = 0
+        self._blob_length = 0
         self._target = AtomicFile(self.path, "wb")
         self._file: IO[bytes] | None = self._target.file
+        try:
+            # Beside the target, so they need no other file system's space; anonymous, so nothing is left behind.
+            self._blob: IO[bytes] = tempfile.TemporaryFile(dir=self.path.parent)
+            self._ends: IO[bytes] = tempfile.TemporaryFile(dir=self.path.parent)
+        except BaseException:
+            self._target.abort()
+            raise
         self._file.write(bytes(HEADER_SIZE))  # placeholder: zeros are never a valid header
 
     @property
     def count(self) -> int:
         """Codes appended so far."""
-        return len(self._ids)
+        return self._count
 
     def append(self, packed: np.ndarray, ids: Sequence[str | os.PathLike[str]]) -> None:
         """Write a batch of packed codes (uint8, shape (b, bits/8)) and their ids."""
         handle = self._open_file()
+        self._check_codes(packed)
+        if len(ids) != packed.shape[0]:
+            raise ValueError(f"got {packed.shape[0]} codes but {len(ids)} ids")
+        encoded = [encode_id(item_id) for item_id in ids]
+        lengths = np.fromiter(map(len, encoded), dtype="<u8", count=len(encoded))
+        handle.write(np.ascontiguousarray(packed).data)
+        self._append_ids(lengths, b"".join(encoded))
+
+    def append_encoded(self, packed: np.ndarray, lengths: np.ndarray, blob: bytes | memoryview | np.ndarray) -> None:
+        """Write codes whose ids are already encoded: ``lengths[i]`` bytes of ``blob`` per id, back to back.
+
+        What copying items between codes files uses (:func:`brcd_cli.codes.merge.splice_codes`):
+        the ids' bytes move as they are, without being decoded and encoded again.
+        """
+        handle = self._open_file()
+        self._check_codes(packed)
+        lengths = np.asarray(lengths, dtype="<u8")
+        if lengths.ndim != 1 or len(lengths) != packed.shape[0]:
+            raise ValueError(f"got {packed.shape[0]} codes but {lengths.size} id lengths")
+        raw = memoryview(np.ascontiguousarray(blob, dtype=np.uint8) if isinstance(blob, np.ndarray) else blob).cast("B")
+        if int(lengths.sum()) != raw.nbytes:
+            raise ValueError(f"the id lengths add up to {int(lengths.sum())} bytes but the ids hold {raw.nbytes}")
+        handle.write(np.ascontiguousarray(packed).data)
+        self._append_ids(lengths, raw)
+
+    def _check_codes(self, packed: np.ndarray) -> None:
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 2:
             raise ValueError("packed codes must be a 2-D uint8 numpy array (np.packbits(x > 0, axis=1, bitorder='little'))")
         if packed.shape[1] != self.bits // 8:
             raise ValueError(f"packed codes have {packed.shape[1]} bytes per code but {self.bits} bits need {self.bits // 8}")
-        if len(ids) != packed.shape[0]:
-            raise ValueError(f"got {packed.shape[0]} codes but {len(ids)} ids")
-        encoded = [encode_id(item_id) for item_id in ids]
-        handle.write(np.ascontiguousarray(packed).data)
-        self._ids.extend(encoded)
+
+    def _append_ids(self, lengths: np.ndarray, raw: bytes | memoryview) -> None:
+        """Stream ids to the side files: their bytes, and where each ends in the blob."""
+        ends = np.cumsum(lengths, dtype="<u8")
+        ends += np.uint64(self._blob_length)
+        self._ends.write(ends.data)
+        self._blob.write(raw)
+        if len(ends):
+            self._blob_length = int(ends[-1])
+        self._count += len(lengths)
 
     def close(self) -> None:
         """Write ids and header, make the file durable, and rename it into place.
@@ -123,12 +170,18 @@ class CodesWriter:
             self.abort()
             raise
         self._file = None
+        self._close_side_files()
         self._target.commit(check=self._refuse_existing)  # someone may have created it while we were writing
 
     def abort(self) -> None:
         """Drop the temp file; the destination keeps whatever it had before."""
         self._file = None
+        self._close_side_files()
         self._target.abort()
+
+    def _close_side_files(self) -> None:
+        self._blob.close()
+        self._ends.close()
 
     def __enter__(self) -> CodesWriter:
         return self
@@ -155,23 +208,33 @@ class CodesWriter:
 
     def _write_tail(self, handle: IO[bytes]) -> Header:
         """Write alignment padding, the ids section and metadata; return the matching header."""
-        lengths = np.fromiter(map(len, self._ids), dtype="<u8", count=len(self._ids))
-        offsets = np.zeros(len(self._ids) + 1, dtype="<u8")
-        np.cumsum(lengths, out=offsets[1:])
         header = Header(
             bits=self.bits,
-            count=len(self._ids),
-            ids_length=offsets.nbytes + int(offsets[-1]),
+            count=self._count,
+            ids_length=8 * (self._count + 1) + self._blob_length,
             metadata_length=len(self._metadata),
             producer=self._producer,
             code_space=self._code_space,
             tail_crc32=0,
         )
         crc = 0
-        for chunk in (bytes(header.ids_offset - header.codes_end), offsets.tobytes(), b"".join(self._ids), self._metadata):
+        # padding, offsets[0] = 0, then the ends (offsets[1:]), the ids' bytes and the metadata
+        for chunk in _chunks(bytes(header.ids_offset - header.codes_end + 8), self._ends, self._blob, self._metadata):
             handle.write(chunk)
             crc = zlib.crc32(chunk, crc)
         return dataclasses.replace(header, tail_crc32=crc)
+
+
+def _chunks(*parts: bytes | IO[bytes]):
+    """The bytes of each part in turn: a bytes object whole, a side file from its start in blocks."""
+    for part in parts:
+        if isinstance(part, bytes):
+            yield part
+            continue
+        part.flush()
+        part.seek(0)
+        while block := part.read(_COPY_BLOCK):
+            yield block
 
 
 def _code_length(bits: int) -> int:
