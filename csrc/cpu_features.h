@@ -5,14 +5,16 @@
 // level names the one it falls back to, and runs everything built for it:
 //   x86-64:  avx512 (AVX-512 F, VL, BW, VPOPCNTDQ) > avx2 (AVX2, BMI1/2)
 //            > popcnt (the POPCNT instruction) > scalar;
-//   AArch64: neon (Advanced SIMD: CNT, ADDP, UADALP) > scalar;
+//   AArch64: sve (the Scalable Vector Extension, any vector length) > neon
+//            (Advanced SIMD: CNT, ADDP, UADALP) > scalar;
 //   others:  scalar (portable code).
 // The x86 levels are compiled with the target attributes below and
 // detect_cpu() checks exactly those features, so a level reported usable can
 // run everything built for it. No -march flag is needed: one build runs on any
 // x86-64 CPU. On AArch64 Advanced SIMD is part of the base architecture the
-// compiler targets, so the neon level needs no attribute; the kernel still
-// checks the CPU (HWCAP_ASIMD) before choosing it.
+// compiler targets, so the neon level needs no attribute (the kernel still
+// checks HWCAP_ASIMD); the SVE kernels are compiled under a target pragma
+// (hamming_scan.h) and chosen where the CPU reports HWCAP_SVE.
 //
 // BRCD_SIMD chooses the level: one of this architecture's names, or auto /
 // unset / empty for the best this CPU has; it is read on every call, so it can
@@ -47,6 +49,15 @@
 #define BRCD_NEON 0
 #endif
 
+// SVE kernels need the ACLE header under a per-region target pragma (GCC 12 and
+// later compile it so) and a way to ask the CPU (Linux's HWCAP_SVE).
+#if BRCD_NEON && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__linux__) && \
+    defined(HWCAP_SVE)
+#define BRCD_SVE 1
+#else
+#define BRCD_SVE 0
+#endif
+
 #if BRCD_X86_64 && (defined(__GNUC__) || defined(__clang__))
 #define BRCD_SIMD_VARIANTS 1
 #define BRCD_TARGET_POPCNT __attribute__((target("popcnt")))
@@ -59,7 +70,7 @@
 
 namespace brcd {
 
-enum class Simd { scalar, popcnt, avx2, avx512, neon };
+enum class Simd { scalar, popcnt, avx2, avx512, neon, sve };
 
 // One row per level this architecture has, fastest first; `fallback` is the
 // level it implies (what a module without a build of it runs instead).
@@ -74,6 +85,9 @@ constexpr SimdLevel kSimdLevels[] = {
     {Simd::avx512, "avx512", Simd::avx2},
     {Simd::avx2, "avx2", Simd::popcnt},
     {Simd::popcnt, "popcnt", Simd::scalar},
+#endif
+#if BRCD_SVE
+    {Simd::sve, "sve", Simd::neon},
 #endif
 #if BRCD_NEON
     {Simd::neon, "neon", Simd::scalar},
@@ -92,7 +106,7 @@ inline const SimdLevel& level_info(Simd s) {
 inline const char* simd_name(Simd s) { return level_info(s).name; }
 
 struct CpuFeatures {
-    bool popcnt = false, avx2 = false, avx512 = false, neon = false;
+    bool popcnt = false, avx2 = false, avx512 = false, neon = false, sve = false;
 };
 
 inline CpuFeatures detect_cpu() {
@@ -112,6 +126,9 @@ inline CpuFeatures detect_cpu() {
     f.neon = true;  // the compiler already assumed Advanced SIMD for this whole build
 #endif
 #endif
+#if BRCD_SVE
+    f.sve = f.neon && (getauxval(AT_HWCAP) & HWCAP_SVE) != 0;
+#endif
     return f;
 }
 
@@ -128,6 +145,7 @@ inline bool cpu_supports(Simd s) {
         case Simd::avx2: return cpu().avx2;
         case Simd::popcnt: return cpu().popcnt;
         case Simd::neon: return cpu().neon;
+        case Simd::sve: return cpu().sve;
         default: return true;
     }
 }

@@ -13,7 +13,7 @@
 //   * a tile is scanned, a block of queries at a time, by one of the
 //     instruction-set variants of hamming_scan.h, chosen at run time from the
 //     CPU's features (override with the environment variable
-//     BRCD_SIMD=avx512|avx2|popcnt|neon|scalar, read by cpu_features.h, which
+//     BRCD_SIMD=avx512|avx2|popcnt|sve|neon|scalar, read by cpu_features.h, which
 //     the hash-table lookup shares); the variant says whether it reads the
 //     rows in place or a word-major copy of the tile;
 //   * k-NN and range search stream (distance, index) pairs into an exact
@@ -183,10 +183,16 @@ BRCD_DEFINE_MASKED(avx512, BRCD_TARGET_AVX512, brcd::PopHardware)
 #if BRCD_NEON
 BRCD_DEFINE_MASKED(neon, , brcd::PopPortable)  // the compiler's popcount is one CNT + ADDV here
 #endif
+#if BRCD_SVE
+BRCD_DEFINE_MASKED(sve, , brcd::PopPortable)  // bound by the float output, as on x86
+#endif
 
 const MaskedOps* const kMaskedOps[] = {
 #if BRCD_SIMD_VARIANTS
     &kMasked_avx512, &kMasked_avx2, &kMasked_popcnt,
+#endif
+#if BRCD_SVE
+    &kMasked_sve,
 #endif
 #if BRCD_NEON
     &kMasked_neon,
@@ -537,6 +543,7 @@ py::dict py_cpu_features() {
     d["cpu_avx2"] = brcd::cpu().avx2;
     d["cpu_avx512_vpopcntdq"] = brcd::cpu().avx512;
     d["cpu_neon"] = brcd::cpu().neon;
+    d["cpu_sve"] = brcd::cpu().sve;
     py::list compiled, usable;
     for (const brcd::ScanVariant* v : brcd::scan_variants()) {
         compiled.append(brcd::simd_name(v->level));
@@ -574,6 +581,6 @@ PYBIND11_MODULE(_hamming_cpu, m) {
           py::arg("masks"), py::arg("threads") = 0, "Masked cosine similarity of packed codes, float32 (q, n).");
     m.def("cpu_features", &py_cpu_features, "CPU features, compiled SIMD paths and the one in use.");
     m.def("_set_simd_path", &py_set_simd_path, py::arg("name"),
-          "Testing hook: force a SIMD path of this architecture (avx512, avx2, popcnt, neon, scalar) or 'auto'; "
+          "Testing hook: force a SIMD path of this architecture (avx512, avx2, popcnt, sve, neon, scalar) or 'auto'; "
           "returns the previous path.");
 }

@@ -25,7 +25,9 @@
 //   popcnt / portable: one code at a time with the POPCNT instruction or a
 //           branch-free bit count (baseline x86-64, or any architecture).
 // On AArch64 the neon variant (rows, CNT + pairwise ADDP reductions, 8 codes
-// per step) runs where the CPU has Advanced SIMD.
+// per step) runs where the CPU has Advanced SIMD, and the sve variant (rows
+// de-interleaved by structure loads, a per-lane CNT, any vector length) where
+// it has the Scalable Vector Extension.
 //
 // Nothing here depends on Python: the extension (hamming_cpu.cpp) and the C++
 // test driver (csrc/tests/scan_test.cpp) include this same file.
@@ -143,6 +145,49 @@ BRCD_INLINE void scalar_distances_tile(const Tile& t, size_t nw, const uint64_t*
     else
         scalar_distances<Pop, NW, Layout::word_major>(t, nw, q, nq, out, out_stride);
 }
+
+inline Layout rows_layout(size_t /*nw*/, size_t /*block*/) { return Layout::rows; }
+
+// ---------------------------------------------------------------------------
+// The variants: one row of entry points per instruction set
+// ---------------------------------------------------------------------------
+
+using SelectFn = void (*)(const Tile&, size_t nw, const uint64_t* q, size_t nq, Selector* sels);
+using DistancesFn = void (*)(const Tile&, size_t nw, const uint64_t* q, size_t nq, int32_t* out, size_t out_stride);
+using LayoutFn = Layout (*)(size_t nw, size_t block);
+
+struct ScanVariant {
+    Simd level;
+    LayoutFn layout;  // the tile layout it reads for nw-word codes scanned by blocks of `block` queries
+    SelectFn select;
+    DistancesFn distances;
+};
+
+// Calls BODY(NW) with the word count as a constant for 64-, 128- and 256-bit
+// codes (and 8..56-bit codes, padded to one word); 0 means "read it at run time".
+#define BRCD_NW_SWITCH(NW_RT, BODY) \
+    switch (NW_RT) {                \
+        case 1: BODY(1); break;     \
+        case 2: BODY(2); break;     \
+        case 4: BODY(4); break;     \
+        default: BODY(0); break;    \
+    }
+
+// Non-inline entry points: the target attribute on these decides which
+// instructions the inlined kernels may use.
+#define BRCD_DEFINE_SCAN(SUFFIX, ATTR, LAYOUT, SELECT, DISTANCES)                                                 \
+    inline ATTR void scan_select_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* s) { \
+        BRCD_NW_SWITCH(nw, SELECT)                                                                               \
+    }                                                                                                            \
+    inline ATTR void scan_distances_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* o,  \
+                                             size_t os) {                                                        \
+        BRCD_NW_SWITCH(nw, DISTANCES)                                                                            \
+    }                                                                                                            \
+    inline const ScanVariant kScan_##SUFFIX = {Simd::SUFFIX, LAYOUT, scan_select_##SUFFIX, scan_distances_##SUFFIX};
+
+#define BRCD_SEL_PORTABLE(NW) scalar_select_tile<PopPortable, NW>(t, nw, q, nq, s)
+#define BRCD_DIST_PORTABLE(NW) scalar_distances_tile<PopPortable, NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(scalar, , rows_layout, BRCD_SEL_PORTABLE, BRCD_DIST_PORTABLE)
 
 #if BRCD_SIMD_VARIANTS
 
@@ -572,6 +617,17 @@ inline Layout avx512_layout(size_t nw, size_t block) {
     return ((nw == 2 || nw == 4) && block < kAvx512RowsBelow) ? Layout::rows : Layout::word_major;
 }
 
+#define BRCD_SEL_POPCNT(NW) scalar_select_tile<PopHardware, NW>(t, nw, q, nq, s)
+#define BRCD_DIST_POPCNT(NW) scalar_distances_tile<PopHardware, NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(popcnt, BRCD_TARGET_POPCNT, rows_layout, BRCD_SEL_POPCNT, BRCD_DIST_POPCNT)
+#define BRCD_SEL_AVX2(NW) avx2_select<NW>(t, nw, q, nq, s)
+#define BRCD_DIST_AVX2(NW) avx2_distances<NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(avx2, BRCD_TARGET_AVX2, avx2_layout, BRCD_SEL_AVX2, BRCD_DIST_AVX2)
+#define BRCD_SEL_AVX512(NW) avx512_select<NW>(t, nw, q, nq, s)
+#define BRCD_DIST_AVX512(NW) avx512_distances<NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(avx512, BRCD_TARGET_AVX512, avx512_layout, BRCD_SEL_AVX512, BRCD_DIST_AVX512)
+
+
 #endif  // BRCD_SIMD_VARIANTS
 
 #if BRCD_NEON
@@ -704,74 +760,133 @@ BRCD_INLINE void neon_distances(const Tile& t, size_t nw, const uint64_t* q, siz
     }
 }
 
-#endif  // BRCD_NEON
-
-inline Layout rows_layout(size_t /*nw*/, size_t /*block*/) { return Layout::rows; }
-
-// ---------------------------------------------------------------------------
-// The variants: one row of entry points per instruction set
-// ---------------------------------------------------------------------------
-
-using SelectFn = void (*)(const Tile&, size_t nw, const uint64_t* q, size_t nq, Selector* sels);
-using DistancesFn = void (*)(const Tile&, size_t nw, const uint64_t* q, size_t nq, int32_t* out, size_t out_stride);
-using LayoutFn = Layout (*)(size_t nw, size_t block);
-
-struct ScanVariant {
-    Simd level;
-    LayoutFn layout;  // the tile layout it reads for nw-word codes scanned by blocks of `block` queries
-    SelectFn select;
-    DistancesFn distances;
-};
-
-// Calls BODY(NW) with the word count as a constant for 64-, 128- and 256-bit
-// codes (and 8..56-bit codes, padded to one word); 0 means "read it at run time".
-#define BRCD_NW_SWITCH(NW_RT, BODY) \
-    switch (NW_RT) {                \
-        case 1: BODY(1); break;     \
-        case 2: BODY(2); break;     \
-        case 4: BODY(4); break;     \
-        default: BODY(0); break;    \
-    }
-
-// Non-inline entry points: the target attribute on these decides which
-// instructions the inlined kernels may use.
-#define BRCD_DEFINE_SCAN(SUFFIX, ATTR, LAYOUT, SELECT, DISTANCES)                                                 \
-    inline ATTR void scan_select_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* s) { \
-        BRCD_NW_SWITCH(nw, SELECT)                                                                               \
-    }                                                                                                            \
-    inline ATTR void scan_distances_##SUFFIX(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* o,  \
-                                             size_t os) {                                                        \
-        BRCD_NW_SWITCH(nw, DISTANCES)                                                                            \
-    }                                                                                                            \
-    inline const ScanVariant kScan_##SUFFIX = {Simd::SUFFIX, LAYOUT, scan_select_##SUFFIX, scan_distances_##SUFFIX};
-
-#define BRCD_SEL_PORTABLE(NW) scalar_select_tile<PopPortable, NW>(t, nw, q, nq, s)
-#define BRCD_DIST_PORTABLE(NW) scalar_distances_tile<PopPortable, NW>(t, nw, q, nq, o, os)
-BRCD_DEFINE_SCAN(scalar, , rows_layout, BRCD_SEL_PORTABLE, BRCD_DIST_PORTABLE)
-
-#if BRCD_SIMD_VARIANTS
-#define BRCD_SEL_POPCNT(NW) scalar_select_tile<PopHardware, NW>(t, nw, q, nq, s)
-#define BRCD_DIST_POPCNT(NW) scalar_distances_tile<PopHardware, NW>(t, nw, q, nq, o, os)
-BRCD_DEFINE_SCAN(popcnt, BRCD_TARGET_POPCNT, rows_layout, BRCD_SEL_POPCNT, BRCD_DIST_POPCNT)
-#define BRCD_SEL_AVX2(NW) avx2_select<NW>(t, nw, q, nq, s)
-#define BRCD_DIST_AVX2(NW) avx2_distances<NW>(t, nw, q, nq, o, os)
-BRCD_DEFINE_SCAN(avx2, BRCD_TARGET_AVX2, avx2_layout, BRCD_SEL_AVX2, BRCD_DIST_AVX2)
-#define BRCD_SEL_AVX512(NW) avx512_select<NW>(t, nw, q, nq, s)
-#define BRCD_DIST_AVX512(NW) avx512_distances<NW>(t, nw, q, nq, o, os)
-BRCD_DEFINE_SCAN(avx512, BRCD_TARGET_AVX512, avx512_layout, BRCD_SEL_AVX512, BRCD_DIST_AVX512)
-#endif
-
-#if BRCD_NEON
 #define BRCD_SEL_NEON(NW) neon_select<NW>(t, nw, q, nq, s)
 #define BRCD_DIST_NEON(NW) neon_distances<NW>(t, nw, q, nq, o, os)
 BRCD_DEFINE_SCAN(neon, , rows_layout, BRCD_SEL_NEON, BRCD_DIST_NEON)
-#endif
+
+
+#endif  // BRCD_NEON
+
+#if BRCD_SVE
+
+// ---------------------------------------------------------------------------
+// SVE: rows in place, one code per 64-bit lane, as many lanes as the CPU has
+// ---------------------------------------------------------------------------
+
+#pragma GCC push_options
+#pragma GCC target("+sve")
+}  // namespace brcd
+#include <arm_sve.h>
+namespace brcd {
+
+// Distances of the codes j, j + 1, ... in the lanes of pg (q: the query's words,
+// broadcast here; SVE vectors have no size, so they cannot sit in an array).
+// Two- and four-word codes come apart word by word through the structure
+// loads (LD2D, LD4D).
+template <size_t NW>
+BRCD_INLINE svuint64_t sve_distances_at(const uint64_t* rows, size_t j, svbool_t pg, const uint64_t* q) {
+    if constexpr (NW == 1) {
+        return svcnt_u64_x(pg, sveor_n_u64_x(pg, svld1_u64(pg, rows + j), q[0]));
+    } else if constexpr (NW == 2) {
+        const svuint64x2_t c = svld2_u64(pg, rows + 2 * j);
+        return svadd_u64_x(pg, svcnt_u64_x(pg, sveor_n_u64_x(pg, svget2_u64(c, 0), q[0])),
+                           svcnt_u64_x(pg, sveor_n_u64_x(pg, svget2_u64(c, 1), q[1])));
+    } else {
+        static_assert(NW == 4, "fixed widths only");
+        const svuint64x4_t c = svld4_u64(pg, rows + 4 * j);
+        const svuint64_t d01 = svadd_u64_x(pg, svcnt_u64_x(pg, sveor_n_u64_x(pg, svget4_u64(c, 0), q[0])),
+                                           svcnt_u64_x(pg, sveor_n_u64_x(pg, svget4_u64(c, 1), q[1])));
+        const svuint64_t d23 = svadd_u64_x(pg, svcnt_u64_x(pg, sveor_n_u64_x(pg, svget4_u64(c, 2), q[2])),
+                                           svcnt_u64_x(pg, sveor_n_u64_x(pg, svget4_u64(c, 3), q[3])));
+        return svadd_u64_x(pg, d01, d23);
+    }
+}
+
+// Any width: a code's words a vector at a time, summed across lanes.
+BRCD_INLINE uint32_t sve_row_distance(const uint64_t* row, const uint64_t* q, size_t nw) {
+    svuint64_t acc = svdup_u64(0);
+    for (size_t w = 0; w < nw; w += svcntd()) {
+        const svbool_t pg = svwhilelt_b64(static_cast<uint64_t>(w), static_cast<uint64_t>(nw));
+        acc = svadd_u64_m(pg, acc, svcnt_u64_x(pg, sveor_u64_x(pg, svld1_u64(pg, row + w), svld1_u64(pg, q + w))));
+    }
+    return static_cast<uint32_t>(svaddv_u64(svptrue_b64(), acc));
+}
+
+// Two vectors of codes per step; the last step's predicates cover the tail.
+template <size_t NW>
+BRCD_INLINE void sve_rows_select_one(const Tile& t, const uint64_t* q, Selector& s) {
+    uint64_t qv[NW];  // a local copy: pushes write memory, and the broadcasts stay out of the loop
+    for (size_t w = 0; w < NW; ++w) qv[w] = q[w];
+    const size_t n = t.n, lanes = svcntd();
+    svuint64_t limit = svdup_u64(s.thr);
+    for (size_t j = 0; j < n; j += 2 * lanes) {
+        const svbool_t p0 = svwhilelt_b64(static_cast<uint64_t>(j), static_cast<uint64_t>(n));
+        const svbool_t p1 = svwhilelt_b64(static_cast<uint64_t>(j + lanes), static_cast<uint64_t>(n));
+        const svbool_t b0 = svcmplt_u64(p0, sve_distances_at<NW>(t.words, j, p0, qv), limit);
+        const svbool_t b1 = svcmplt_u64(p1, sve_distances_at<NW>(t.words, j + lanes, p1, qv), limit);
+        if (BRCD_LIKELY(!svptest_any(svptrue_b64(), svorr_b_z(svptrue_b64(), b0, b1)))) continue;
+        // (no std::min here: a template first instantiated in this region would be compiled for SVE)
+        scalar_select_range<PopPortable, NW, Layout::rows>(t, NW, qv, j, j + 2 * lanes < n ? j + 2 * lanes : n, s);
+        limit = svdup_u64(s.thr);
+    }
+}
+
+template <size_t NW>
+BRCD_INLINE void sve_rows_distances_one(const Tile& t, const uint64_t* q, int32_t* out) {
+    for (size_t j = 0; j < t.n; j += svcntd()) {
+        const svbool_t pg = svwhilelt_b64(static_cast<uint64_t>(j), static_cast<uint64_t>(t.n));
+        svst1w_s64(pg, out + j, svreinterpret_s64_u64(sve_distances_at<NW>(t.words, j, pg, q)));
+    }
+}
+
+template <size_t NW>
+BRCD_INLINE void sve_select(const Tile& t, size_t nw, const uint64_t* q, size_t nq, Selector* sels) {
+    for (size_t i = 0; i < nq; ++i) {
+        const uint64_t* qi = q + i * words<NW>(nw);
+        if constexpr (NW == 1 || NW == 2 || NW == 4) {
+            sve_rows_select_one<NW>(t, qi, sels[i]);
+        } else {
+            Selector& s = sels[i];
+            uint32_t thr = s.thr;
+            for (size_t j = 0; j < t.n; ++j) {
+                const uint32_t d = sve_row_distance(t.words + j * t.stride, qi, nw);
+                if (BRCD_UNLIKELY(d < thr)) thr = s.push(d, t.base + j);
+            }
+        }
+    }
+}
+
+template <size_t NW>
+BRCD_INLINE void sve_distances(const Tile& t, size_t nw, const uint64_t* q, size_t nq, int32_t* out,
+                               size_t out_stride) {
+    for (size_t i = 0; i < nq; ++i) {
+        const uint64_t* qi = q + i * words<NW>(nw);
+        int32_t* o = out + i * out_stride;
+        if constexpr (NW == 1 || NW == 2 || NW == 4) {
+            sve_rows_distances_one<NW>(t, qi, o);
+        } else {
+            for (size_t j = 0; j < t.n; ++j) o[j] = static_cast<int32_t>(sve_row_distance(t.words + j * t.stride, qi, nw));
+        }
+    }
+}
+
+#define BRCD_SEL_SVE(NW) sve_select<NW>(t, nw, q, nq, s)
+#define BRCD_DIST_SVE(NW) sve_distances<NW>(t, nw, q, nq, o, os)
+BRCD_DEFINE_SCAN(sve, , rows_layout, BRCD_SEL_SVE, BRCD_DIST_SVE)
+
+
+#pragma GCC pop_options
+
+#endif  // BRCD_SVE
 
 // Every variant compiled into this build, fastest first (the order of kSimdLevels).
 inline const std::vector<const ScanVariant*>& scan_variants() {
     static const std::vector<const ScanVariant*> v = {
 #if BRCD_SIMD_VARIANTS
         &kScan_avx512, &kScan_avx2, &kScan_popcnt,
+#endif
+#if BRCD_SVE
+        &kScan_sve,
 #endif
 #if BRCD_NEON
         &kScan_neon,

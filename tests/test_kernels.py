@@ -200,11 +200,16 @@ def test_simd_choices_are_this_architectures() -> None:
     import brcd_cli._hamming_cpu as native
 
     features = native.cpu_features()
-    choices = {"x86_64": "scalar, popcnt, avx2, avx512", "aarch64": "scalar, neon"}.get(features["arch"], "scalar")
-    with pytest.raises(ValueError, match=f"choose one of {choices}, or auto"):
+    compiled = features["simd_paths_compiled"]
+    # SVE is compiled where the compiler can (GCC 12 and later on Linux), fastest first as always.
+    ladders = {"x86_64": ["avx512", "avx2", "popcnt", "scalar"],
+               "aarch64": (["sve"] if "sve" in compiled else []) + ["neon", "scalar"]}
+    ladder = ladders.get(features["arch"], ["scalar"])
+    assert compiled == ladder
+    with pytest.raises(ValueError, match=f"choose one of {', '.join(reversed(ladder))}, or auto"):
         native._set_simd_path("sse9")
-    assert features["simd_paths_compiled"] == list(reversed(choices.split(", ")))
     assert features["cpu_neon"] == (features["arch"] == "aarch64" and "neon" in features["simd_paths_supported"])
+    assert features["cpu_sve"] == ("sve" in features["simd_paths_supported"])
 
 
 def test_simd_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,9 +3,11 @@
 csrc/tests/scan_test.cpp includes the same hamming_scan.h as the extension and
 checks every SIMD variant the CPU runs against the scalar one (and that against
 brute force). Here it is built natively, and cross-compiled with Debian's
-aarch64 g++ and run under qemu-aarch64, so the NEON kernels are checked on an
-x86 machine; a build without Advanced SIMD shows the scalar-only fallback, and
-the extension's own sources are compiled for aarch64. The cross tests skip,
+aarch64 g++ and run under qemu-aarch64, so the AArch64 kernels are checked on
+an x86 machine: on an emulated CPU without SVE (only neon is chosen) and on
+ones with SVE at several vector lengths (sve and neon); a build without
+Advanced SIMD shows the scalar-only fallback, and the extension's own sources
+are compiled for aarch64. The cross tests skip,
 saying why, where g++-aarch64-linux-gnu or qemu-user is missing (.ci/run
 installs them).
 """
@@ -68,12 +70,35 @@ def test_driver_on_this_machine(tmp_path: Path) -> None:
         assert "popcnt" in _variants(report)  # every x86-64 CPU brcd runs on has POPCNT
 
 
-@needs_cross
-def test_neon_kernels_equal_scalar_under_qemu(tmp_path: Path) -> None:
-    exe = tmp_path / "scan_test_arm64"
+@pytest.fixture(scope="module")
+def arm64_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exe = tmp_path_factory.mktemp("arm64") / "scan_test_arm64"
     _build(CROSS_CXX, exe)
-    report = _run([QEMU, "-L", str(AARCH64_SYSROOT), str(exe)])
+    return exe
+
+
+def _sve_compiled(exe: Path) -> bool:
+    """Whether this cross-compiler built the SVE kernels (GCC 12 and later do)."""
+    done = subprocess.run([f"{CROSS_CXX.rsplit('-', 1)[0]}-objdump", "-d", str(exe)], capture_output=True, text=True)
+    return done.returncode == 0 and "scan_select_sve" in done.stdout
+
+
+@needs_cross
+def test_neon_kernels_equal_scalar_under_qemu(arm64_driver: Path) -> None:
+    """A Cortex-A72 has Advanced SIMD and no SVE: neon is the path chosen, and it equals scalar."""
+    report = _run([QEMU, "-L", str(AARCH64_SYSROOT), "-cpu", "cortex-a72", str(arm64_driver)])
     assert _variants(report) == ["neon"], report
+    assert " 0 mismatches" in report, report
+
+
+@needs_cross
+@pytest.mark.parametrize("vector_bits", [128, 512, 2048])
+def test_sve_kernels_equal_scalar_at_any_vector_length(arm64_driver: Path, vector_bits: int) -> None:
+    if not _sve_compiled(arm64_driver):
+        pytest.skip(f"{CROSS_CXX} did not build the SVE kernels (they need GCC 12 or later)")
+    cpu = f"max,sve{vector_bits}=on"
+    report = _run([QEMU, "-L", str(AARCH64_SYSROOT), "-cpu", cpu, str(arm64_driver)])
+    assert _variants(report) == ["sve", "neon"], report
     assert " 0 mismatches" in report, report
 
 
@@ -82,7 +107,7 @@ def test_build_without_advanced_simd_runs_scalar_only(tmp_path: Path) -> None:
     """Where no SIMD path applies the kernels still build, and the scalar one is checked against brute force."""
     exe = tmp_path / "scan_test_nosimd"
     _build(CROSS_CXX, exe, "-march=armv8-a+nosimd")
-    report = _run([QEMU, "-L", str(AARCH64_SYSROOT), str(exe)])
+    report = _run([QEMU, "-L", str(AARCH64_SYSROOT), "-cpu", "max", str(exe)])
     assert _variants(report) == ["none"], report
     assert " 0 mismatches" in report, report
 

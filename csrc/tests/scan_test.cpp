@@ -4,7 +4,7 @@
 // what a brute-force count and sort returns, for k-NN, radius search and
 // all-pairs distances, on random and adversarial codes (all-zero, all-one,
 // single-bit, all tied, codes ever closer to the query, exact matches), code
-// counts that are not a multiple of any step or tile, blocks of 1 to 64
+// counts that are not a multiple of any step or tile, blocks of 1, 3 and 64
 // queries, k > n and every width class (1, 2, 4 and other word counts, whole
 // words or a padded tail).
 //
@@ -198,8 +198,10 @@ void check_case(const std::vector<const ScanVariant*>& variants, Kind kind, size
     const uint32_t ks[] = {1, 5, static_cast<uint32_t>(n > 1 ? n - 1 : 1), static_cast<uint32_t>(n ? n : 1),
                            static_cast<uint32_t>(n + 3)};
     const uint32_t radii[] = {0, 1, L / 4, L / 2, L};
-    const size_t tiles[] = {n ? n : 1, 37, 1000};
-    const size_t blocks[] = {1, 2, 3, 5, 64};
+    // One tile, or tiles of 37 codes (a remainder after every step size); blocks below and above
+    // kAvx512RowsBelow queries (rows in place, or word-major copies on AVX-512).
+    const size_t tiles[] = {n ? n : 1, 37};
+    const size_t blocks[] = {1, 3, 64};
     const ScanVariant& scalar = brcd::scan_variant(brcd::Simd::scalar);
 
     for (size_t tile : tiles) {
