@@ -43,8 +43,10 @@ if Pybind11Extension is not None:
             ["csrc/hamming_cpu.cpp"],
             depends=["csrc/cpu_features.h", "csrc/hamming_scan.h", "csrc/hamming_select.h"],
             cxx_std=17,
-            # No -march: the SIMD variants carry their own target attributes and
-            # are chosen at run time, so one build runs on any x86-64 CPU.
+            # No -march: the x86 SIMD variants carry their own target attributes and
+            # are chosen at run time, so one build runs on any x86-64 CPU; on AArch64
+            # NEON is part of the base architecture and the SVE kernels have their own
+            # target pragma (docs/kernels.md). Elsewhere only the portable scan is built.
             extra_compile_args=["-O3"],
         )
     )
