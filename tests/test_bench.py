@@ -135,7 +135,7 @@ def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, cap
                   TeacherOptions(arch=TINY_ARCH, bits=16, image_size=32, pretrained="none",
                                  fit=FitOptions(epochs=1, batch_size=16)), log=lambda _: None)
     config = EncodeBenchConfig(model=model, folder=tmp_path / "jpegs", images=7, distinct=3,
-                               sizes=((640, 480), (360, 480)), batch_size=4, workers=2, split_images=2)
+                               sizes=((640, 480), (360, 480)), batch_size=4, workers=2, split_images=2, native_crops=0)
     report = run_encode_bench(config)
     assert report["images"] == 7 and report["network_images_per_s"] > 0
     assert set(report["split_ms"]) == {"draft", "exact"} and report["split_ms"]["draft"]["decode_ms"] > 0
@@ -153,7 +153,7 @@ def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, cap
     assert 4 * 1024 < min((tmp_path / "jpegs" / n).stat().st_size for n in before)  # noisy, detailed files
     code, out, err = run_cli(["bench", "encode", "--model", str(model), "--folder", str(tmp_path / "jpegs"),
                               "--images", "7", "--distinct", "3", "--sizes", "640x480,360x480", "--batch-size", "4",
-                              "--workers", "2", "--json"], capsys)
+                              "--workers", "2", "--native-crops", "0", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["parallel_identical_to_serial"] == {"draft": True, "exact": True}
     code, _, err = run_cli(["bench", "encode", "--sizes", "640by480"], capsys)

@@ -17,7 +17,8 @@ one run and on the same files:
   image (the CPU time is what a machine shared with other work cannot hide);
 * whether each decoding's parallel codes file is byte-identical to its serial
   one, and how far the draft decoding's codes are from the exact one's (bits
-  changed per code), on this folder and on the photographs at their own size.
+  changed per code), on this folder and on 200 real pictures at their own
+  sizes (the photographs, whole and cropped, never resized).
 
 ``distinct`` pictures are generated and the folder holds ``images`` paths to
 them (hard links, cycling), so a long run costs little disk: every path is
@@ -42,6 +43,8 @@ from ..options import at_least, within
 DEFAULT_SIZES = ((4000, 3000), (3000, 4000), (4032, 3024), (2592, 1944), (1920, 1080))
 FOLDER_VERSION = 1
 NETWORK_REPEATS = 3
+WARM_FORWARDS = 3  # TorchScript's profiling executor settles after a few runs
+NATIVE_CROPS = 9  # per photograph, beside the whole one: 200 real pictures at their own sizes
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class EncodeBenchConfig:
     workers: Optional[int] = None  # parallel rows (default: one per core)
     decodings: tuple[str, ...] = ("draft", "exact")
     split_images: int = 8
+    native_crops: int = NATIVE_CROPS
     seed: int = 0
 
     def validate(self) -> None:
@@ -66,6 +70,7 @@ class EncodeBenchConfig:
         for name in ("images", "distinct", "batch_size", "split_images"):
             at_least(name, getattr(self, name), 1)
         at_least("workers", self.workers, 1, optional=True)
+        at_least("native_crops", self.native_crops, 0)
         within("quality", self.quality, 1, 100)
         if not self.sizes or any(w < 16 or h < 16 for w, h in self.sizes):
             raise BrcdError("--sizes needs at least one WIDTHxHEIGHT of 16 pixels or more a side")
@@ -160,20 +165,32 @@ def make_folder(config: EncodeBenchConfig, log: Callable[[str], None] = lambda _
     return folder
 
 
-def native_folder(root: Path, quality: int) -> Path:
-    """The embedded photographs at their own sizes (300-1000 px a side) as JPEG files: a draft at 1/2..1/8."""
-    from ..atomic import atomic_write_bytes
-    from ..data.photos import PHOTOGRAPHS, _photograph
+def native_folder(root: Path, quality: int, crops: int = NATIVE_CROPS, seed: int = 0) -> Path:
+    """The embedded photographs at their own sizes as JPEG files, each whole and as ``crops`` seeded crops
+    (40-100 % of a side, never resized): real pictures of 160-1400 px, drafted at 1/2..1/8 for a small input."""
     import io
 
-    folder = root / "native"
+    from ..atomic import atomic_write_bytes
+    from ..data.photos import PHOTOGRAPHS, _photograph
+
+    folder = root / f"native-{crops}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
     for name, _, _ in PHOTOGRAPHS:
-        path = folder / f"{name}.jpg"
-        if not path.is_file():
-            buffer = io.BytesIO()
-            _photograph(name).save(buffer, format="JPEG", quality=quality)
-            atomic_write_bytes(path, buffer.getvalue())
+        photo = _photograph(name)
+        w, h = photo.size
+        boxes = [(0, 0, w, h)]
+        for _ in range(crops):
+            f = rng.uniform(0.4, 1.0)
+            cw, ch = int(w * f), int(h * f)
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            boxes.append((x, y, x + cw, y + ch))
+        for k, box in enumerate(boxes):
+            path = folder / f"{name}-{k}.jpg"
+            if not path.is_file():
+                buffer = io.BytesIO()
+                photo.crop(box).save(buffer, format="JPEG", quality=quality)
+                atomic_write_bytes(path, buffer.getvalue())
     return folder
 
 
@@ -287,14 +304,16 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
     source = folder_source(folder)
     with BatchStream(source, range(min(len(source), 2 * config.batch_size)), size, config.batch_size) as stream:
         decoded = torch.cat([b.images for b in stream])
-    # what every encode pays once before its first batch: loading the program, and its first (optimising) forwards
+    # what every encode pays once: loading the program, and the extra time of its first (profiling, optimising) forwards
     started = time.perf_counter()
     model, _ = load_encoder(model_dir)
-    packed_codes_of_images(model, decoded[: config.batch_size], config.batch_size)
+    for _ in range(WARM_FORWARDS):
+        packed_codes_of_images(model, decoded[: config.batch_size], config.batch_size)
     startup = time.perf_counter() - started
 
     log("measuring the network alone")
     network = _network_only(model, decoded.repeat(max(1, 256 // max(1, len(decoded))), 1, 1, 1), config.batch_size)
+    startup = max(0.0, startup - WARM_FORWARDS * min(config.batch_size, len(decoded)) / network)
     log("measuring decode / resize per image")
     split = _split(source, size, min(config.split_images, len(source)), config.decodings, network)
 
@@ -308,7 +327,7 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         identical[decoding] = files[0].read_bytes() == files[workers].read_bytes()
     moved: dict[str, dict[str, Any]] = {}
     if {"draft", "exact"} <= set(config.decodings):
-        native = native_folder(work, config.quality)
+        native = native_folder(work, config.quality, config.native_crops, config.seed)
         for decoding in ("draft", "exact"):
             _end_to_end(native, model_dir, work / f"native-{decoding}.codes", config.batch_size, workers, decoding)
         moved["draft_vs_exact"] = {
@@ -351,7 +370,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
         lines.append(f"per image, {decoding:6s}     decode {s['decode_ms']:.1f} ms  resize {s['resize_ms']:.2f} ms "
                      f"(one thread)  forward {s['forward_ms']:.2f} ms (its share of a batch)")
     lines.append(f"end to end: brcd encode of the folder; steady: less the one-off start "
-                 f"(model load and first forward, {report['startup_s']:.2f} s)")
+                 f"(loading the model and the extra time of its first forwards, {report['startup_s']:.2f} s)")
     for row in report["end_to_end"]:
         who = f"{row['workers']} workers" if row["workers"] else "serial"
         steady = f"{row['steady_images_per_s']:.1f}" if row["steady_images_per_s"] else "-"
