@@ -590,6 +590,7 @@ def bench_encode_cmd(
     batch_size: int = typer.Option(32, "--batch-size"),
     workers: Optional[int] = typer.Option(None, "--workers", help="decode threads of the parallel runs (default: one per core)"),
     decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="cuda: also measure nvJPEG decoding on the GPU"),
+    native_crops: int = typer.Option(9, "--native-crops", help="seeded crops per photograph in the set of real pictures at their own sizes (0: the 20 whole ones)"),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of the forward (default: all cores)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -602,7 +603,8 @@ def bench_encode_cmd(
     set_threads(threads)
     decodings = ("draft", "exact", "cuda") if decode_device.value == "cuda" else ("draft", "exact")
     config = EncodeBenchConfig(model=model, folder=folder, images=images, distinct=distinct, sizes=parse_sizes(sizes),
-                               quality=quality, batch_size=batch_size, workers=workers, decodings=decodings, seed=seed)
+                               quality=quality, batch_size=batch_size, workers=workers, decodings=decodings,
+                               native_crops=native_crops, seed=seed)
     _print_report(run_encode_bench(config, log=log), format_report, as_json)
 
 
