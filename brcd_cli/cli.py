@@ -289,34 +289,78 @@ def encode_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", help="decode threads working ahead of the model (default: one per core; 0: decode serially)"),
     exact_decode: bool = typer.Option(False, "--exact-decode", help="decode every pixel of a JPEG (default: the smallest DCT scale that covers the model's input)"),
     decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="where JPEGs are decoded: cpu (Pillow) or cuda (nvJPEG, a full decode)"),
+    update: bool = typer.Option(False, "--update", help="encode only the images that are new or changed since OUT was written, "
+                                "drop those that are gone (creates OUT when missing; reruns continue an interrupted update)"),
 ) -> None:
     """Encode a collection into a packed codes file (streamed, resumable, written atomically).
 
     Images that cannot be read are skipped and listed, with the reason, on stderr and in OUT.skipped.tsv;
     the codes of the others are written either way, and the exit code is 3 unless --skip-bad is given.
+    A folder or list file's files are recorded in OUT.stat, so that --update later encodes only what changed.
     """
     from .data import open_source
     from .data.loader import LoadOptions
     from .errors import DataError
-    from .pipeline import encode_collection, encode_distributed
+    from .pipeline import encode_distributed
     from .threads import set_threads
+    from .update import encode_recorded, update_collection
 
     set_threads(threads)
     loading = LoadOptions(workers=workers, exact=exact_decode, device=decode_device.value)
+    if update and (force or resume):
+        raise BrcdError("--update keeps what is current and continues an interrupted update by itself; "
+                        "drop " + ("--force" if force else "--resume"))
     with _workers() as world:
+        if world.distributed and update:
+            raise BrcdError("--update runs in one process; run it without torchrun")
         if world.distributed:  # under torchrun: one shard per process, merged by rank 0
             result = encode_distributed(open_source(images), model, out, world, batch_size=batch_size, overwrite=force,
                                         resume=resume, log=log if world.is_main else _quiet, loading=loading)
+        elif update:
+            result = update_collection(open_source(images), model, out, batch_size=batch_size, log=log, loading=loading)
         else:
-            result = encode_collection(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume, log=log,
-                                       loading=loading)
-    if world.is_main:
+            result = encode_recorded(open_source(images), model, out, batch_size=batch_size, overwrite=force, resume=resume,
+                                     log=log, loading=loading)
+    if world.is_main and not getattr(result, "up_to_date", False):
         log(f"wrote {result.count} codes to {out}")
     if result.skipped:
         message = f"skipped {len(result.skipped)} unreadable image(s), listed in {result.skipped_file}"
         if not skip_bad:
             raise DataError(f"{message}; pass --skip-bad to accept skips")
         log(message)
+
+
+@app.command("remove")
+def remove_cmd(
+    codes: Path = typer.Argument(..., help="codes file from brcd encode"),
+    ids: Optional[list[str]] = typer.Argument(None, help="ids of the items to remove (as brcd search prints them)"),
+    from_file: Optional[Path] = typer.Option(None, "--from-file", help="also remove the ids listed in this file, one per line"),
+    ignore_missing: bool = typer.Option(False, "--ignore-missing", help="remove the ids that are there and list the others, "
+                                        "instead of refusing"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Remove items from a codes file by id, atomically; its index and record of files follow.
+
+    An id that is not in the file is an error (nothing is removed) unless --ignore-missing is given. The image files
+    are not touched: a file that is still in the folder comes back with the next encode --update."""
+    from .update import remove_items
+
+    wanted = list(ids or [])
+    if from_file is not None:
+        try:
+            text = from_file.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise BrcdError(f"cannot read {from_file}: {exc.strerror or exc}") from None
+        wanted += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+    if not wanted:
+        raise BrcdError("give the ids to remove, or --from-file FILE")
+    result = remove_items(codes, wanted, ignore_missing=ignore_missing, log=log)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    for item_id in result.missing:
+        log(f"not in {codes}: {item_id}")
+    typer.echo(f"removed {result.removed} items from {codes}; {result.count} remain")
 
 
 @app.command("search")

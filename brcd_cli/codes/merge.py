@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .header import file_error
-from .reader import CodesFile, read_codes
+from .reader import CodesFile, read_codes, release_pages
 from .writer import CodesWriter
 
 _CHUNK = 1 << 16  # items copied per step of a long run
@@ -63,7 +63,10 @@ def splice_codes(parts: Sequence[CodesFile], runs: Iterable[Run], out: str | os.
             for start in range(run.start, run.stop, chunk):
                 stop = min(start + chunk, run.stop)
                 lengths, blob = part.ids.raw(start, stop)
-                writer.append_encoded(part.codes[start:stop], lengths, blob)
+                codes = part.codes[start:stop]
+                writer.append_encoded(codes, lengths, blob)
+                release_pages(codes)
+                release_pages(blob)
         return writer.count
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from .header import file_error
+from .reader import release_pages
 from .writer import CodesWriter, encode_id
 
 STATE_VERSION = 1
@@ -199,7 +200,9 @@ class PartialCodes:
                 start = writer.count
                 if start + len(lengths) > count:
                     break
-                writer.append_encoded(codes[start : start + len(lengths)], lengths, blob)
+                block = codes[start : start + len(lengths)]
+                writer.append_encoded(block, lengths, blob)
+                release_pages(block)
             if writer.count != count:
                 writer.abort()
                 raise file_error(self.dir, f"holds {count} codes but not as many ids; pass --force to start over")

@@ -1,0 +1,103 @@
+"""Removing items from a codes file by id (``brcd remove``), atomically, the index and the record of files following.
+
+The codes file is rewritten without the removed items (:func:`brcd_cli.codes.merge.splice_codes`
+copies the runs between them), through the same staged commit as an update,
+so a crash leaves the old file or the new one. Ids are matched as the bytes
+the file stores, streamed in batches, so memory stays flat in the
+collection's size whatever the number of items.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..codes import CodesFile, read_codes
+from ..codes.merge import Run, splice_codes
+from ..codes.partial import skipped_path
+from ..codes.reader import release_pages
+from ..codes.writer import encode_id
+from ..errors import BrcdError
+from .commit import STAGED_CODES, STAGED_SKIPPED, STAGED_TABLE, commit, finish_pending, staging_dir
+from .stat_table import CodesIdentity, read_table, table_path, write_table
+
+_BATCH = 1 << 16
+_SHOWN = 5  # unknown ids named in the error
+
+
+@dataclass
+class RemoveResult:
+    """How many items went, how many are left, and the ids that were not in the file."""
+
+    path: Path
+    removed: int
+    count: int
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "removed": self.removed, "count": self.count, "missing": self.missing}
+
+
+def positions_of(codes: CodesFile, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The sorted positions of every item whose id is one of ``ids``, and the ids found nowhere."""
+    wanted = {encode_id(item_id): item_id for item_id in ids}
+    lengths_wanted = np.fromiter({len(raw) for raw in wanted}, np.uint64)
+    found: list[int] = []
+    seen: set[bytes] = set()
+    for start in range(0, codes.count, _BATCH):
+        lengths, blob = codes.ids.raw(start, min(start + _BATCH, codes.count))
+        ends = np.cumsum(lengths).tolist()
+        raw = bytes(blob)
+        release_pages(blob)
+        for j in np.flatnonzero(np.isin(lengths, lengths_wanted)).tolist():  # only ids of a wanted length can match
+            candidate = raw[ends[j] - int(lengths[j]) : ends[j]]
+            if candidate in wanted:
+                found.append(start + j)
+                seen.add(candidate)
+    missing = [item_id for raw, item_id in wanted.items() if raw not in seen]
+    return np.asarray(found, np.int64), missing
+
+
+def remove_items(codes_path: Path, ids: Sequence[str], ignore_missing: bool = False,
+                 log: Callable[[str], None] = lambda _: None) -> RemoveResult:
+    """Remove the items with these ids from ``codes_path`` (every item of a repeated id); see the module docstring.
+
+    An id that is in no item is an error naming it (nothing is changed),
+    unless ``ignore_missing``; then the others are removed and the missing ones listed in the result.
+    """
+    path = Path(codes_path)
+    finish_pending(path, log)
+    staging = staging_dir(path)
+    with read_codes(path) as old:
+        positions, missing = positions_of(old, ids)
+        if missing and not ignore_missing:
+            shown = ", ".join(repr(m) for m in missing[:_SHOWN]) + (f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else "")
+            raise BrcdError(f"{len(missing)} of the {len(set(ids))} ids are not in {path}: {shown}; nothing was removed "
+                            "(pass --ignore-missing to remove the others)")
+        if not len(positions):
+            return RemoveResult(path, 0, old.count, missing)
+        runs = list(_between(positions, old.count))
+        records, _ = read_table(table_path(path), CodesIdentity.of(old))
+        staging.mkdir(parents=True, exist_ok=True)
+        count = splice_codes([old], runs, staging / STAGED_CODES, overwrite=True)
+        if records is not None:
+            with read_codes(staging / STAGED_CODES) as merged:
+                write_table(staging / STAGED_TABLE, (records[r.start : r.stop] for r in runs), CodesIdentity.of(merged))
+        if skipped_path(path).exists():  # the list of unreadable images stays as it was
+            shutil.copyfile(skipped_path(path), staging / STAGED_SKIPPED)
+    commit(path, log)
+    return RemoveResult(path, len(positions), count, missing)
+
+
+def _between(positions: np.ndarray, count: int) -> Iterator[Run]:
+    """The runs of items that are not at ``positions`` (sorted, distinct)."""
+    start = 0
+    for p in positions.tolist():
+        if p > start:
+            yield Run(0, start, p)
+        start = p + 1
+    if start < count:
+        yield Run(0, start, count)
