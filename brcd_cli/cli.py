@@ -363,6 +363,36 @@ def remove_cmd(
     typer.echo(f"removed {result.removed} items from {codes}; {result.count} remain")
 
 
+@app.command("duplicates")
+def duplicates_cmd(
+    codes: Path = typer.Argument(..., help="codes file from brcd encode"),
+    radius: int = typer.Option(..., "--radius", help="pairs within this Hamming distance (inclusive) are near-duplicates"),
+    as_json: bool = typer.Option(False, "--json", help="print the groups as one JSON object"),
+    as_csv: bool = typer.Option(False, "--csv", help="print one CSV row per group member (group, index, id, reference, distance)"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML sheet of every group's thumbnails"),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="folder that relative item paths are found under, for --html (repeatable)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads of the search (default: all cores)"),
+) -> None:
+    """Groups of near-duplicate images: every pair within --radius, found by the collection's radius search (through
+    the index, CODES.mih or one built in memory), joined into connected groups. Each group's reference is its
+    earliest item in the codes file; every member is listed with its distance to the reference."""
+    from .duplicates import check_output, find_duplicates, text_lines, to_csv, write_duplicates_sheet
+    from .pipeline import display_id
+
+    if as_json and as_csv:
+        raise BrcdError("give --json or --csv, not both")
+    check_output(html_out)
+    report = find_duplicates(codes, radius, threads=threads, log=log)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    elif as_csv:
+        typer.echo(to_csv(report), nl=False)
+    else:
+        typer.echo("\n".join(text_lines(report, display_id)))
+    if html_out is not None:
+        log(f"duplicates sheet: {write_duplicates_sheet(html_out, report, codes, images or ())}")
+
+
 @app.command("search")
 def search_cmd(
     queries: list[Path] = typer.Argument(..., help="query images, folders of them, or list files (one image path per line)"),
