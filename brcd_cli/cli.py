@@ -682,6 +682,27 @@ def bench_encode_cmd(
     _print_report(run_encode_bench(config, log=log), format_report, as_json)
 
 
+@bench_app.command("duplicates")
+def bench_duplicates_cmd(
+    folder: Optional[Path] = typer.Option(None, "--folder", help="work folder: the images (made once), the codes, the model (default: brcd-bench-duplicates in the temp folder)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model to encode with (default: tf_efficientnet_lite0 at 128 px with an ITQ head fitted on photos, built here)"),
+    radius: int = typer.Option(8, "--radius", help="brcd's radius to report (the sweep covers 0..16 either way)"),
+    grid: int = typer.Option(3, "--grid", help="tiles per side cut from each photograph (the distinct images)"),
+    originals: float = typer.Option(0.35, "--originals", help="share of tiles that get four near-duplicate copies"),
+    size: int = typer.Option(192, "--size", help="side of the tiles in pixels"),
+    seed: int = typer.Option(0, "--seed"),
+    use_imagededup: bool = typer.Option(True, "--imagededup/--no-imagededup", help="measure imagededup's PHash (and CNN) too"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Near-duplicates on seeded copies of the embedded photographs: brcd vs imagededup (PHash, CNN), precision and
+    recall of the pairs and time, in one run."""
+    from .bench.duplicates import DuplicatesBenchConfig, format_report, run_duplicates_bench
+
+    config = DuplicatesBenchConfig(folder=folder, model=model, radius=radius, grid=grid, originals=originals, size=size,
+                                   seed=seed, use_imagededup=use_imagededup)
+    _print_report(run_duplicates_bench(config, log=log), format_report, as_json)
+
+
 @bench_app.command("serve")
 def bench_serve_cmd(
     model: Path = typer.Option(..., "--model", help="model the server encodes queries with"),

@@ -104,3 +104,25 @@ def test_cli_mistakes_are_one_line(args, exit_code, words, tmp_path: Path, capsy
     assert code == exit_code and words in err.strip().splitlines()[-1] and "Traceback" not in err
     code, _, err = run_cli(["duplicates", str(tmp_path / "none.bin"), "--radius", "2"], capsys)
     assert code == 5 and "none.bin" in err
+
+
+def test_bench_duplicates_scores_pairs_against_the_seeded_truth(tmp_path: Path):
+    from brcd_cli.bench.duplicates import DuplicatesBenchConfig, format_report, make_near_duplicates, run_duplicates_bench
+    from brcd_cli.data import synthetic_source
+    from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
+    from conftest import TINY_ARCH
+
+    data = make_near_duplicates(tmp_path / "work" / "images", grid=1, originals=0.5, size=48, seed=3)
+    families = {name.split("~")[0].removesuffix(".jpg") for pair in data.truth for name in pair}
+    assert len(data.truth) == 10 * len(families) and len(data.files) == 40 + 4 * len(families) - 20
+    again = make_near_duplicates(tmp_path / "work" / "images", grid=1, originals=0.5, size=48, seed=3)
+    assert again.truth == data.truth and again.files == data.files  # made once, then reused
+    model = tmp_path / "teacher"
+    train_teacher(synthetic_source(n=48, n_classes=4), model, TeacherOptions(
+        arch=TINY_ARCH, bits=16, image_size=16, pretrained="none", fit=FitOptions(epochs=1, batch_size=16)), log=lambda _: None)
+    report = run_duplicates_bench(DuplicatesBenchConfig(folder=tmp_path / "work", model=model, grid=1, originals=0.5,
+                                                        size=48, seed=3, radius=4, use_imagededup=False))
+    sweep = report["brcd"]["sweep"]
+    assert report["true_pairs"] == len(data.truth) and sweep[16]["pairs"] == len(data.files) * (len(data.files) - 1) // 2
+    assert sweep[16]["recall"] == 1.0 and sweep[0]["pairs"] <= sweep[4]["pairs"] <= sweep[8]["pairs"]
+    assert any("<- brcd --radius" in line for line in format_report(report))

@@ -74,10 +74,14 @@ class CodeIds(Sequence[str]):
         """Ids ``start..stop-1`` still encoded: each one's length in bytes (u64), and their bytes back to back.
 
         What copying items into another codes file needs (``CodesWriter.append_encoded``): nothing is decoded.
+        The offsets read are released at once; a streaming caller releases the bytes with :func:`release_pages`
+        once it has used them.
         """
         if not 0 <= start <= stop <= len(self):
             raise IndexError(f"ids {start}..{stop} lie outside 0..{len(self)}")
-        bounds = np.asarray(self._offsets[start : stop + 1], dtype=np.uint64)
+        table = self._offsets[start : stop + 1]
+        bounds = np.array(table, dtype=np.uint64)
+        release_pages(table)
         return np.diff(bounds), self._blob[int(bounds[0]) : int(bounds[-1])]
 
     def __iter__(self) -> Iterator[str]:
