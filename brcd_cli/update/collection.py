@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -32,11 +32,13 @@ from ..atomic import atomic_write_json
 from ..codes import CodesFile, read_codes
 from ..codes.merge import Run, splice_codes
 from ..codes.partial import partial_dir, read_skipped, skipped_path, write_skipped
-from ..data import ImageSource
-from ..data.loader import LoadOptions
 from ..errors import BrcdError, DataError
 from .commit import STAGED_CODES, STAGED_TABLE, commit, finish_pending, staging_dir
 from .stat_table import CodesIdentity, now_ns, read_table, stat_files, table_path, trusted, unchanged, write_table
+
+if TYPE_CHECKING:  # the data layer imports torch, which removing items or reading records never needs
+    from ..data import ImageSource
+    from ..data.loader import LoadOptions
 
 NEW_CODES = "new.codes"
 PLAN = "plan.json"
@@ -119,7 +121,7 @@ class UpdatePlan:
         return [Run(int(part[a]), int(position[a]), int(position[a]) + int(b - a)) for a, b in zip(starts, stops)]
 
 
-def image_files(source: ImageSource) -> list[Path]:
+def image_files(source: "ImageSource") -> list[Path]:
     """The file behind each item: an update compares files, so a source without them cannot be updated."""
     if source.files is None:
         raise BrcdError(f"--update follows image files, and {source.name} is not a folder or a list file of them; "
@@ -150,14 +152,16 @@ def plan_update(ids: Sequence[str], stats: np.ndarray, old: Optional[CodesFile],
     return UpdatePlan(positions, reuse, stats, old.count if old is not None else 0)
 
 
-def update_collection(source: ImageSource, model_dir: Path, out: Path, batch_size: int = 128,
-                      log: Callable[[str], None] = print, loading: Optional[LoadOptions] = None) -> UpdateResult:
+def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_size: int = 128,
+                      log: Callable[[str], None] = print, loading: Optional["LoadOptions"] = None) -> UpdateResult:
     """Bring ``out`` in line with ``source`` (a folder or list file), encoding only new and changed images.
 
     Creates ``out`` when it does not exist. Refuses codes of another model or
     decoding, since mixing them would give a file that no full encode writes.
     The index beside ``out`` (``out.mih``) is rebuilt when it exists.
     """
+    from ..data.loader import LoadOptions
+
     started = time.perf_counter()
     out = Path(out)
     loading = loading or LoadOptions()
@@ -207,8 +211,8 @@ def update_collection(source: ImageSource, model_dir: Path, out: Path, batch_siz
     return result
 
 
-def encode_recorded(source: ImageSource, model_dir: Path, out: Path, batch_size: int = 128, overwrite: bool = False,
-                    resume: bool = False, log: Callable[[str], None] = print, loading: Optional[LoadOptions] = None):
+def encode_recorded(source: "ImageSource", model_dir: Path, out: Path, batch_size: int = 128, overwrite: bool = False,
+                    resume: bool = False, log: Callable[[str], None] = print, loading: Optional["LoadOptions"] = None):
     """A full encode (:func:`brcd_cli.pipeline.encode_collection`) that also records the files behind the codes,
     so that the next ``--update`` encodes only what changed. Returns the encode's result."""
     from ..pipeline import encode_collection
@@ -255,7 +259,7 @@ def _job_started(out: Path, resume: bool) -> int:
     return now_ns()
 
 
-def check_reusable(old: CodesFile, model_dir: Path, loading: LoadOptions) -> None:
+def check_reusable(old: CodesFile, model_dir: Path, loading: "LoadOptions") -> None:
     """An update keeps old codes, so the model and the decoding must be the ones they were made with."""
     from ..models import code_space_of
     from ..models.checkpoint import read_config
@@ -271,8 +275,10 @@ def check_reusable(old: CodesFile, model_dir: Path, loading: LoadOptions) -> Non
                         "everything again with --force")
 
 
-def _subset(source: ImageSource, indices: np.ndarray) -> ImageSource:
+def _subset(source: "ImageSource", indices: np.ndarray) -> "ImageSource":
     """The items at ``indices`` as a source of their own, under the same name (so its metadata is the whole folder's)."""
+    from ..data import ImageSource
+
     chosen = indices.tolist()
     loader = source.loader
     files = source.files or []
@@ -280,15 +286,15 @@ def _subset(source: ImageSource, indices: np.ndarray) -> ImageSource:
                        class_names=source.class_names, augment=source.augment, files=[files[i] for i in chosen])
 
 
-def _plan_digest(sub: ImageSource, stats: np.ndarray) -> str:
+def _plan_digest(sub: "ImageSource", stats: np.ndarray) -> str:
     digest = hashlib.sha256(stats.tobytes())
     for item_id in sub.ids:
         digest.update(item_id.encode("utf-8", "surrogateescape") + b"\0")
     return digest.hexdigest()
 
 
-def _encode_new(sub: ImageSource, stats: np.ndarray, model_dir: Path, out: Path, batch_size: int,
-                log: Callable[[str], None], loading: LoadOptions) -> tuple[CodesFile, list[tuple[str, str]], int]:
+def _encode_new(sub: "ImageSource", stats: np.ndarray, model_dir: Path, out: Path, batch_size: int,
+                log: Callable[[str], None], loading: "LoadOptions") -> tuple[CodesFile, list[tuple[str, str]], int]:
     """Encode the new and changed images into the staging folder, continuing an interrupted encode of the same
     images (same files, same signatures); returns the codes, the skipped items and when the first attempt began."""
     from ..pipeline import encode_collection
@@ -324,7 +330,7 @@ def _encode_new(sub: ImageSource, stats: np.ndarray, model_dir: Path, out: Path,
     return read_codes(target), skipped, since_ns
 
 
-def _reasons(sub: ImageSource) -> list[tuple[str, str]]:
+def _reasons(sub: "ImageSource") -> list[tuple[str, str]]:
     """Why each image of a source that could not be read at all failed (the encode said so only for the first)."""
     out = []
     for i, item_id in enumerate(sub.ids):
