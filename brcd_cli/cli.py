@@ -99,7 +99,7 @@ def train_teacher_cmd(
                                                  "hyperplanes) and itq (PCA + rotation) on the frozen features"),
     bits: int = typer.Option(64, help="code length: 16, 32, 64 or 128 (any multiple of 8 up to 256)"),
     image_size: int = typer.Option(224, help="input size in pixels"),
-    pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
+    pretrained: str = typer.Option("auto", help="auto (timm's local cache, else an installed offline weights package; never the network), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
     head: choices.Head = typer.Option("linear", help="linear, or mlp (Linear-ReLU-Linear)"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
@@ -143,7 +143,7 @@ def distill_cmd(
     arch: Optional[str] = typer.Option(None, help="any timm model name (default: efficientnet_b0 when its weights are here, "
                                         "else the smallest pretrained backbone available offline)"),
     image_size: Optional[int] = typer.Option(None, help="input size (default: the teacher's)"),
-    pretrained: str = typer.Option("auto", help="auto (local cache only), none, or a weights file"),
+    pretrained: str = typer.Option("auto", help="auto (timm's local cache, else an installed offline weights package; never the network), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
     head: choices.Head = typer.Option("mlp", help="mlp (Linear-ReLU-Linear), or linear"),
     hidden: int = typer.Option(1000, help="hidden width of the mlp head"),
