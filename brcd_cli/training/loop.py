@@ -164,21 +164,20 @@ def fit(
             gen = torch.Generator().manual_seed(options.seed * 100_003 + st.epoch)
             order = torch.randperm(n, generator=gen)
             total, steps = 0.0, 0
-            progress = Progress(f"epoch {st.epoch + 1}", total=(n // batch) * batch, log=log)
-            for start in range(0, n - batch + 1, batch):
-                idx = order[start : start + batch]
-                x = images[idx].float().div_(255.0)
-                loss = run_step(idx, augmenter(x, gen), augmenter(x, gen))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                steps += 1
-                progress.advance(batch)
-                if out_of_time(st.elapsed + time.monotonic() - t0):
-                    stopped = "time-budget"
-                    break
-            progress.close()
+            with Progress(f"epoch {st.epoch + 1}", total=(n // batch) * batch, log=log) as progress:
+                for start in range(0, n - batch + 1, batch):
+                    idx = order[start : start + batch]
+                    x = images[idx].float().div_(255.0)
+                    loss = run_step(idx, augmenter(x, gen), augmenter(x, gen))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach())
+                    steps += 1
+                    progress.advance(batch)
+                    if out_of_time(st.elapsed + time.monotonic() - t0):
+                        stopped = "time-budget"
+                        break
             mean_loss = total / max(steps, 1)
             if validate is not None:  # rank 0 validates; all ranks take its score, so they stop together
                 score = distributed.broadcast(world, validate(model) if world.is_main else 0.0)
