@@ -16,7 +16,7 @@ from ..data import ImageSource, iter_batches, make_split
 from ..encoding import features_of, packed_codes_of_images
 from ..errors import BrcdError
 from ..kernels import pack_codes
-from ..models import HashModel, backbone_digest
+from ..models import HashModel, backbone_digest, sign_codes
 from ..options import positive
 from .metrics import mean_average_precision, precision_within_radius
 
@@ -40,8 +40,7 @@ def encode_with(models: dict[str, HashModel], source: ImageSource, indices: np.n
             features = features_of(first, images, batch_size)
             for name in names:
                 with torch.no_grad():
-                    logits = models[name].head(features)
-                parts[name].append(pack_codes(torch.where(logits >= 0, 1.0, -1.0).numpy()))
+                    parts[name].append(pack_codes(sign_codes(models[name].head(features)).numpy()))
     return {
         name: np.concatenate(p) if p else np.zeros((0, models[name].config.bits // 8), dtype=np.uint8)
         for name, p in parts.items()
@@ -50,6 +49,8 @@ def encode_with(models: dict[str, HashModel], source: ImageSource, indices: np.n
 
 def _shared_backbones(models: dict[str, HashModel]) -> list[list[str]]:
     """Model names grouped by identical backbone input and weights (same size, normalisation and digest)."""
+    if len(models) < 2:  # nothing to share: skip hashing the weights
+        return [[name] for name in models]
     groups: dict[tuple, list[str]] = {}
     for name, model in models.items():
         key: tuple = (name,)

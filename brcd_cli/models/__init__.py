@@ -1,7 +1,7 @@
 """Hashing models, checkpoints and pretrained weights."""
 from .checkpoint import code_space_of, load_encoder, load_model, read_config, save_model
 from .export import Encoder, ExportedModel
-from .hashing import HashModel, ModelConfig, VALID_BITS, backbone_digest, create_backbone
+from .hashing import HashModel, ModelConfig, VALID_BITS, backbone_digest, create_backbone, sign_codes
 from .pretrained import cached_weights, load_backbone_weights
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "load_model",
     "read_config",
     "save_model",
+    "sign_codes",
 ]

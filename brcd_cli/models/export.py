@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_bytes
-from .hashing import HashModel, ModelConfig
+from .hashing import HashModel, ModelConfig, sign_codes
 
 EXPORT = "model.ts"
 FORMAT = "torchscript"
@@ -118,7 +118,7 @@ class ExportedModel:
         """±1 codes, as :meth:`HashModel.codes` gives them (channels-last input, 0 maps to +1)."""
         if images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        return torch.where(self.program(images) >= 0, 1.0, -1.0)
+        return sign_codes(self.program(images))
 
 
 def load_exported(directory: Path, config: ModelConfig, record: Any) -> Optional[ExportedModel]:

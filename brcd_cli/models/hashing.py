@@ -108,6 +108,11 @@ def feature_dim(backbone: nn.Module, image_size: int) -> int:
         backbone.train(was_training)
 
 
+def sign_codes(logits: torch.Tensor) -> torch.Tensor:
+    """The code of logits h: sign(h) in {-1, +1}, with 0 mapping to +1 (sigmoid(h) >= 0.5), wherever codes are made."""
+    return torch.where(logits >= 0, 1.0, -1.0)
+
+
 class HashModel(nn.Module):
     """Backbone + head; ``forward`` gives logits h, ``codes`` gives sign(h) in {-1, +1}.
 
@@ -200,8 +205,7 @@ class HashModel(nn.Module):
         """Deterministic ±1 codes (sign of the logits, i.e. sigmoid(h) >= 0.5; 0 maps to +1)."""
         if self.__dict__.get("_channels_last") and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        h = self.forward(images)
-        return torch.where(h >= 0, 1.0, -1.0)
+        return sign_codes(self.forward(images))
 
 
 def digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:

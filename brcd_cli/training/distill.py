@@ -36,7 +36,7 @@ from ..evaluation.protocol import default_top_k
 from ..kernels import pack_codes
 from ..losses import CIBHashLoss
 from ..losses.registry import DistillBatch, Method, MethodContext, get_method
-from ..models import HashModel, code_space_of, load_model, save_model
+from ..models import HashModel, code_space_of, load_model, save_model, sign_codes
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
 from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, resolve_arch, write_run_record
@@ -185,7 +185,7 @@ class Objective:
         loss, s1, s2 = self.cib(*s_logits.chunk(2))
         if self.term is None:
             return loss
-        t1, t2 = torch.where(t_logits >= 0, 1.0, -1.0).chunk(2)
+        t1, t2 = sign_codes(t_logits).chunk(2)
         batch = DistillBatch(idx, s_logits, (s1, s2), t_logits, (t1, t2), s_hidden, t_hidden)
         return loss + self.weight * self.term(batch)
 
@@ -251,8 +251,11 @@ def distill(
     clusters = centres = masks = None
     teacher_codes = None
     if distilling:
-        teacher_codes = (_codes(teacher.head, cached.teacher.clean_features()) if cached is not None
-                         else codes_of_images(teacher, images).numpy())
+        if cached is not None:  # the teacher's head on its cached test-time features: its codes of these images
+            with torch.no_grad():
+                teacher_codes = sign_codes(teacher.head(cached.teacher.clean_features())).numpy()
+        else:
+            teacher_codes = codes_of_images(teacher, images).numpy()
     if "clusters" in method.needs and (options.false_negatives or options.false_positives or options.bit_mask):
         result = cluster_codes(teacher_codes, k=options.clusters, seed=options.seed, k_range=(2, options.max_clusters))
         consistency = bit_consistency(teacher_codes, result.labels, result.k)
@@ -330,12 +333,6 @@ def _image_step(model: HashModel, teacher: HashModel, objective: Objective, dist
         return objective(idx, s_logits, s_hidden, t_logits, t_hidden)
 
     return step
-
-
-def _codes(head: torch.nn.Module, features: torch.Tensor) -> np.ndarray:
-    """+-1 codes of a head on cached features (what the full model gives on the same images)."""
-    with torch.no_grad():
-        return torch.where(head(features) >= 0, 1.0, -1.0).numpy()
 
 
 def _cached_step(model: HashModel, teacher: HashModel, cached: CachedViews, objective: Objective, seed: int):

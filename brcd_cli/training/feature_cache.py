@@ -47,7 +47,7 @@ from ..atomic import atomic_write_json
 from ..data import Augmenter
 from ..errors import BrcdError
 from ..encoding import features_of, resized
-from ..models import HashModel, backbone_digest
+from ..models import HashModel, backbone_digest, sign_codes
 from ..models.hashing import digest_tensor
 from ..progress import Progress
 
@@ -297,8 +297,7 @@ class CachedValidator:
 
         def packed(features: torch.Tensor) -> np.ndarray:
             with torch.no_grad():
-                logits = model.head(features)
-            return pack_codes(torch.where(logits >= 0, 1.0, -1.0).numpy())
+                return pack_codes(sign_codes(model.head(features)).numpy())
 
         was_training = model.training
         model.eval()
