@@ -125,9 +125,9 @@ def _check_weights(setting: DemoSetting) -> None:
     """The photos demo is about pretrained backbones: refuse in one line when their weights are missing."""
     if not setting.needs_pretrained:
         return
-    from .models.offline_weights import available_offline_backbones
+    from .models.offline_weights import usable_offline_backbones
 
-    have = {b["arch"] for b in available_offline_backbones() if b["installed"] or b["source"] == "timm cache"}
+    have = {b["arch"] for b in usable_offline_backbones()}
     missing = [a for a in setting.needs_pretrained if a not in have]
     if missing:
         raise BrcdError(f"the {setting.name} demo needs pretrained weights for {', '.join(missing)}: "

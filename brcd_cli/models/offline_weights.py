@@ -293,6 +293,11 @@ def available_offline_backbones() -> list[dict[str, Any]]:
     return rows
 
 
+def usable_offline_backbones() -> list[dict[str, Any]]:
+    """The rows of :func:`available_offline_backbones` that ``--pretrained auto`` can load now (package or timm cache)."""
+    return [row for row in available_offline_backbones() if row["installed"] or row["source"] == "timm cache"]
+
+
 def best_offline_backbone() -> Optional[str]:
     """The largest backbone whose weights package is installed, or None when none is."""
     for arch in reversed(REGISTRY):

@@ -40,12 +40,12 @@ def resolve_arch(arch: Optional[str], paper_default: str, pretrained: str, role:
     """
     if arch is not None:
         return arch
-    from ..models.offline_weights import available_offline_backbones
+    from ..models.offline_weights import usable_offline_backbones
     from ..models.pretrained import cached_weights
 
     if pretrained != "auto" or cached_weights(paper_default) is not None:
         return paper_default
-    installed = [b for b in available_offline_backbones() if b["installed"] or b["source"] == "timm cache"]
+    installed = usable_offline_backbones()
     if not installed:
         raise BrcdError(
             f"no pretrained weights for the default {role} backbone {paper_default} are available offline; "

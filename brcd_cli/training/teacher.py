@@ -178,15 +178,17 @@ def _fit_closed_form(model: HashModel, source: ImageSource, split: Split, images
     from .classic import CLASSIC_METHODS
 
     t0 = time.monotonic()
-    features = features_of(model, images).numpy().astype(np.float64)
-    weight, bias = CLASSIC_METHODS[options.method](features, options.bits, options.seed)
+    features = features_of(model, images)
+    weight, bias = CLASSIC_METHODS[options.method](features.numpy().astype(np.float64), options.bits, options.seed)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
         model.head.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
     model.eval()
     score = float("nan")
     if source.labelled:
-        score = Validator(source, split, images, default_top_k(source))(model)
+        # the training images are the validation database: their features are the ones just fitted on
+        score = CachedValidator(model, preload(source, split.val_queries, options.image_size), source.labels[split.val_queries],
+                                features, source.labels[split.train], default_top_k(source))(model)
         log(f"{options.method}: val mAP {score:.4f}")
     seconds = time.monotonic() - t0
     return FitResult(best_score=score, best_epoch=0, epochs=0, seconds=seconds, stopped="closed-form",
