@@ -26,7 +26,7 @@ from ..errors import BrcdError
 from ..evaluation.protocol import default_top_k, evaluate_models
 from ..models import load_model
 from ..training import DistillOptions, FitOptions, TeacherOptions, distill, train_teacher
-from ..training.common import read_run_record
+from ..training.common import read_run_record, recorded_seed
 
 
 @dataclass
@@ -72,7 +72,7 @@ def run_cache_bench(source: ImageSource, config: CacheBenchConfig, log: Callable
             log(f"training a {config.teacher_options.arch} teacher into {teacher_dir}")
             train_teacher(source, teacher_dir, config.teacher_options, force=True, log=lambda m: None)
     teacher, _ = load_model(teacher_dir)
-    split_seed = int((read_run_record(teacher_dir) or {}).get("options", {}).get("seed", 0))
+    split_seed = recorded_seed(teacher_dir) or 0
     sides: dict[str, dict[str, list[float]]] = {"cache": {}, "direct": {}}
     for seed in range(config.seeds):
         for side in ("direct", "cache"):

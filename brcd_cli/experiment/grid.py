@@ -35,7 +35,7 @@ from ..models import HashModel, load_model
 from ..models.checkpoint import CONFIG
 from ..options import VALID_BITS
 from ..training import DistillOptions, TeacherOptions, distill, train_teacher
-from ..training.common import read_run_record
+from ..training.common import read_run_record, recorded_seed
 from ..training.loop import RESUME_FILE
 from .cells import CELL_FILE, CODES_FILE, STATE_FILE, load_codes, save_codes
 from .report import write_report
@@ -122,8 +122,8 @@ def find_teachers(spec: Path, bits: list[int]) -> dict[int, Path]:
 
 
 def _teacher_seed(teacher_dir: Path) -> int:
-    record = read_run_record(teacher_dir) or {}
-    return int(record.get("options", {}).get("seed", 0))
+    seed = recorded_seed(teacher_dir)
+    return 0 if seed is None else seed
 
 
 def _score(codes_q: dict[str, np.ndarray], codes_db: dict[str, np.ndarray], q_labels: np.ndarray, db_labels: np.ndarray,
@@ -210,13 +210,12 @@ class Experiment:
     def _floors(self, bits: int, teacher_dir: Path, teacher: HashModel) -> dict[str, HashModel]:
         """LSH / ITQ on the teacher's own backbone and split: the same frozen features, no training loop."""
         floors = {}
-        record = read_run_record(teacher_dir) or {}
         for name in self.options.floors:
             d = self.out / "floors" / name / str(bits)
             done = read_run_record(d)
             if done is None or done.get("state") != "done":
                 opts = replace(self.options.teacher_options, arch=teacher.config.arch, bits=bits, image_size=teacher.config.image_size,
-                               method=name, head="linear", seed=int(record.get("options", {}).get("seed", 0)))
+                               method=name, head="linear", seed=_teacher_seed(teacher_dir))
                 train_teacher(self.source, d, opts, force=True, log=self._quiet)
             floors[name] = load_model(d)[0]
         return floors

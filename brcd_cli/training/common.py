@@ -129,6 +129,12 @@ def write_run_record(out_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(Path(out_dir) / RUN_FILE, to_jsonable(record))
 
 
+def recorded_seed(model_dir: Path) -> Optional[int]:
+    """The seed a model was trained with, from its run record: a teacher's seed is its split's."""
+    seed = ((read_run_record(model_dir) or {}).get("options") or {}).get("seed")
+    return seed if isinstance(seed, int) else None
+
+
 def read_run_record(out_dir: Path) -> Optional[dict[str, Any]]:
     path = Path(out_dir) / RUN_FILE
     if not path.is_file():

@@ -39,7 +39,7 @@ from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model, sign_codes
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
-from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, resolve_arch, write_run_record
+from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, recorded_seed, resolve_arch, write_run_record
 from .feature_cache import CachedValidator, FeatureCache, ViewSet, build_or_open, default_cache_root, split_head, teacher_outputs
 from .loop import FitOptions, fit
 from .teacher import TrainedModel, uses_cache
@@ -194,8 +194,8 @@ def teacher_split_seed(teacher_dir: Path, options: DistillOptions) -> int:
     """The split a student trains on: the given one, else the teacher's (so its held-out queries stay held out)."""
     if options.split_seed is not None:
         return options.split_seed
-    seed = ((read_run_record(teacher_dir) or {}).get("options") or {}).get("seed")
-    return int(seed) if isinstance(seed, int) else options.seed
+    seed = recorded_seed(teacher_dir)
+    return options.seed if seed is None else seed
 
 
 @dataclass
