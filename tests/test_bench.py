@@ -53,6 +53,34 @@ def test_report_names_the_simd_path_and_rate_per_core(monkeypatch: pytest.Monkey
     assert f"{report['brcd_codes_per_s_per_core'] / 1e9:.2f} G codes/s per core" in brcd_line
 
 
+@pytest.mark.parametrize("queries", [50, 1])
+def test_rounds_report_each_ratio_and_best_over_best(queries: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds alternate the two sides; the headline is the best brcd round over the best faiss round."""
+    if not _has_faiss():
+        pytest.skip("faiss (bench extra) not installed")
+    monkeypatch.setattr(bench_search, "_OMP_SPIN_SECONDS", 0.0)
+    report = run_search_bench(SearchBenchConfig(bits=64, n=3000, queries=queries, k=10, threads=2, repeats=1, rounds=3))
+    rounds = report["round_results"]
+    assert len(rounds) == 3 and report["exact"] is True
+    for entry in rounds:
+        assert entry["speedup"] == pytest.approx(entry["brcd_qps"] / entry["faiss_qps"], rel=1e-2, abs=2e-3)
+    assert report["brcd_qps"] == max(e["brcd_qps"] for e in rounds)
+    assert report["faiss_qps"] == max(e["faiss_qps"] for e in rounds)
+    assert report["speedup"] == pytest.approx(report["brcd_qps"] / report["faiss_qps"], rel=1e-2, abs=2e-3)
+    ratios = sorted(e["speedup"] for e in rounds)
+    assert report["speedup_per_round"] == {"min": ratios[0], "median": ratios[1], "max": ratios[2]}
+    if queries == 1:
+        best = max(rounds, key=lambda e: e["brcd_qps"])
+        assert report["brcd_latency_ms"] == best["brcd_latency_ms"]
+    assert any(line.startswith("per round (3):") for line in bench_search.format_report(report))
+    json.dumps(report)
+
+
+def test_one_round_keeps_the_plain_report() -> None:
+    report = run_search_bench(SearchBenchConfig(bits=64, **SMALL))
+    assert report["rounds"] == 1 and "round_results" not in report and "speedup_per_round" not in report
+
+
 def test_latency_mode_reports_percentiles() -> None:
     report = run_search_bench(SearchBenchConfig(bits=64, n=2000, queries=1, k=5, threads=1, repeats=1))
     assert report["mode"] == "latency" and report["queries"] == 1

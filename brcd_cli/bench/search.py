@@ -16,6 +16,13 @@ distances equal the peer's for every query (faiss is exact too, but orders ties
 its own way, so only distances are compared) and brcd's (distance, index) lists
 equal the numpy reference kernels' for a sample of queries (the reference is too
 slow to run on every query of a million-code database).
+
+A shared machine's speed drifts by up to 2x within a minute, so one ratio of
+two timings taken a minute apart says more about the machine than about the
+kernels. ``rounds`` repeats the pair (brcd, then faiss) back to back and
+reports every round's ratio beside the best brcd round over the best faiss
+round, so that a comparison of "the best of three runs each" comes from one
+command in which both sides saw the same spells of the machine.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ LATENCY_PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class SearchBenchConfig:
-    """What to measure: code length, database size, queries per batch, k, threads, repeats."""
+    """What to measure: code length, database size, queries per batch, k, threads, repeats, rounds."""
 
     bits: int = 64
     n: int = 1_000_000
@@ -49,12 +56,13 @@ class SearchBenchConfig:
     check_queries: int = 4
     backend: Optional[str] = None
     use_faiss: bool = True
+    rounds: int = 1
 
     def validate(self) -> None:
         """Turn impossible settings into one-line user errors before any work is done."""
         if self.bits <= 0 or self.bits % 8:
             raise BrcdError(f"--bits must be a positive multiple of 8, got {self.bits}")
-        for name in ("n", "queries", "k", "repeats"):
+        for name in ("n", "queries", "k", "repeats", "rounds"):
             if getattr(self, name) < 1:
                 raise BrcdError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -145,6 +153,33 @@ def _check_against_reference(
     return bool(np.array_equal(got_d[rows], want_d) and np.array_equal(got_i[rows], want_i))
 
 
+# How long libgomp's idle workers keep spinning after a parallel region (its
+# default spin count is a few hundred milliseconds of polling).
+_OMP_SPIN_SECONDS = 0.5
+
+
+def _measure(search: Callable[[np.ndarray], Any], q: np.ndarray, config: SearchBenchConfig, n_q: int) -> dict[str, Any]:
+    """One side's timing: latency percentiles of one-query calls, or the median batch time."""
+    if config.latency_mode:
+        ms = _latencies_ms(search, q)
+        return {"latency_ms": _percentiles(ms), "qps": 1e3 / float(np.median(ms))}
+    seconds, _ = _median_seconds(lambda: search(q), config.repeats)
+    return {"seconds": round(seconds, 5), "qps": n_q / seconds}
+
+
+def _round_entry(brcd_side: dict[str, Any], faiss_side: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """One round of the report: each side's figures under its name, and their ratio."""
+    entry: dict[str, Any] = {}
+    for who, side in (("brcd", brcd_side), ("faiss", faiss_side)):
+        if side is None:
+            entry[f"{who}_qps"] = None
+            continue
+        for key, value in side.items():
+            entry[f"{who}_{key}"] = round(value, 2) if key == "qps" else value
+    entry["speedup"] = round(brcd_side["qps"] / faiss_side["qps"], 3) if faiss_side else None
+    return entry
+
+
 def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
     """Measure brcd and faiss on the same codes; return a JSON-ready report.
 
@@ -181,46 +216,53 @@ def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
-    # brcd is timed before faiss first runs: faiss's OpenMP workers keep spinning
-    # for a while after each call and would steal the cores from brcd's threads.
-    if config.latency_mode:
-        brcd_ms = _latencies_ms(brcd_search, q)
-        report["brcd_latency_ms"] = _percentiles(brcd_ms)
-        brcd_qps = 1e3 / float(np.median(brcd_ms))
-    else:
-        brcd_s, _ = _median_seconds(lambda: brcd_search(q), config.repeats)
-        report["brcd_seconds"] = round(brcd_s, 5)
-        brcd_qps = n_q / brcd_s
-    report["brcd_qps"] = round(brcd_qps, 2)
-    report["brcd_codes_per_s_per_core"] = round(codes_per_second_per_core(brcd_qps, config.n, threads))
-
-    faiss_d = None
-    faiss_qps: Optional[float] = None
+    faiss_search: Optional[Callable[[np.ndarray], Any]] = None
+    previous_threads = None
     if faiss is not None:
         previous_threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(threads)
-        try:
-            index = faiss.IndexBinaryFlat(config.bits)
-            index.add(db)
-            faiss_search = lambda x: index.search(x, k)  # noqa: E731
-            faiss_d = faiss_search(q)[0]
-            if config.latency_mode:
-                faiss_ms = _latencies_ms(faiss_search, q)
-                report["faiss_latency_ms"] = _percentiles(faiss_ms)
-                faiss_qps = 1e3 / float(np.median(faiss_ms))
-            else:
-                faiss_s, _ = _median_seconds(lambda: faiss_search(q), config.repeats)
-                report["faiss_seconds"] = round(faiss_s, 5)
-                faiss_qps = n_q / faiss_s
-        finally:
+        index = faiss.IndexBinaryFlat(config.bits)
+        index.add(db)
+        faiss_search = lambda x: index.search(x, k)  # noqa: E731
+    faiss_d = None
+    rounds: list[dict[str, Any]] = []
+    try:
+        for r in range(config.rounds):
+            if r and faiss is not None and threads > 1:
+                # faiss's OpenMP workers keep spinning for a while after each
+                # call and would steal the cores from brcd's threads.
+                time.sleep(_OMP_SPIN_SECONDS)
+            brcd_side = _measure(brcd_search, q, config, n_q)
+            faiss_side: Optional[dict[str, Any]] = None
+            if faiss_search is not None:
+                if faiss_d is None:
+                    faiss_d = faiss_search(q)[0]
+                faiss_side = _measure(faiss_search, q, config, n_q)
+            rounds.append(_round_entry(brcd_side, faiss_side))
+    finally:
+        if faiss is not None:
             faiss.omp_set_num_threads(previous_threads)
-    report["faiss_qps"] = round(faiss_qps, 2) if faiss_qps else None
+
+    best_brcd = max(rounds, key=lambda e: e["brcd_qps"])
+    best_faiss = max(rounds, key=lambda e: e["faiss_qps"] or 0.0)
+    for who, best in (("brcd", best_brcd), ("faiss", best_faiss)):
+        for key, value in best.items():
+            if key.startswith(who + "_"):
+                report[key] = value
+    brcd_qps, faiss_qps = best_brcd["brcd_qps"], best_faiss["faiss_qps"]
+    report["brcd_codes_per_s_per_core"] = round(codes_per_second_per_core(brcd_qps, config.n, threads))
     report["faiss_codes_per_s_per_core"] = (
         round(codes_per_second_per_core(faiss_qps, config.n, threads)) if faiss_qps else None
     )
     report["speedup"] = round(brcd_qps / faiss_qps, 3) if faiss_qps else None
     if config.latency_mode and faiss_qps:
         report["latency_ratio"] = round(report["brcd_latency_ms"]["p50"] / report["faiss_latency_ms"]["p50"], 4)
+    if config.rounds > 1:
+        report["round_results"] = rounds
+        ratios = [e["speedup"] for e in rounds if e["speedup"] is not None]
+        report["speedup_per_round"] = (
+            {"min": min(ratios), "median": round(float(np.median(ratios)), 3), "max": max(ratios)} if ratios else None
+        )
     matches_faiss = faiss_d is None or bool(np.array_equal(brcd_d, faiss_d.astype(np.int32)))
     matches_reference = _check_against_reference(q, db, k, brcd_d, brcd_i, config.check_queries, rng)
     report["exact"] = matches_faiss and matches_reference
@@ -248,7 +290,13 @@ def format_report(report: dict[str, Any]) -> list[str]:
             lines.append(f"{who:6s} {report[f'{who}_qps']:>12,.0f} queries/s" + rate)
     lines.append(f"faiss: {report['faiss']}")
     if report["speedup"] is not None:
-        lines.append(f"speedup {report['speedup']:.2f}x over faiss IndexBinaryFlat")
+        best = " (best brcd round over best faiss round)" if report.get("round_results") else ""
+        lines.append(f"speedup {report['speedup']:.2f}x over faiss IndexBinaryFlat{best}")
+    if report.get("speedup_per_round"):
+        per = report["speedup_per_round"]
+        each = " ".join(f"{e['speedup']:.2f}" for e in report["round_results"])
+        lines.append(f"per round ({len(report['round_results'])}): {each}; min {per['min']:.2f}, median {per['median']:.2f}, "
+                     f"max {per['max']:.2f}")
     lines.append(f"exact: {report['exact']} ({report['exact_checked_by']})")
     if report["load_average"] is not None:
         lines.append(f"load average: {' '.join(str(x) for x in report['load_average'])}")
