@@ -555,6 +555,8 @@ def bench_search_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the random codes"),
     check_queries: int = typer.Option(4, "--check-queries", help="queries also checked against the numpy reference"),
     use_faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="measure faiss IndexBinaryFlat too"),
+    rounds: int = typer.Option(1, "--rounds", help="brcd-then-faiss rounds back to back; reports each round's ratio "
+                               "and the best round of each side"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     device: choices.Device = typer.Option("cpu", "--device", help="cpu (brcd vs faiss) or cuda (brcd's GPU kernels vs the torch reference)"),
 ) -> None:
@@ -571,7 +573,7 @@ def bench_search_cmd(
     from .bench.search import SearchBenchConfig, format_report, run_search_bench
 
     config = SearchBenchConfig(bits=bits, n=n, queries=queries, k=k, threads=threads, repeats=repeats, seed=seed,
-                               check_queries=check_queries, use_faiss=use_faiss)
+                               check_queries=check_queries, use_faiss=use_faiss, rounds=rounds)
     report = run_search_bench(config)
     _print_report(report, format_report, as_json)
 
