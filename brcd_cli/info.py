@@ -48,16 +48,20 @@ def _offline_info() -> list[dict[str, Any]]:
 
 
 def _simd_info() -> dict[str, Any]:
-    """The instruction set the native scan and the hash-table lookup run with (BRCD_SIMD chooses it)."""
+    """The instruction set the native scan and the hash-table lookup run with (BRCD_SIMD chooses it), and the
+    AVX2 scan's step shape where that path runs (BRCD_AVX2_STEP chooses it), since both change its speed."""
     from . import kernels
     from .kernels import mih
 
     scan = kernels.native_features() or {}
     lookup = mih.native_features() or {}
-    return {
+    out = {
         "cpu_simd_scan": scan.get("simd_path", "none (native kernels not built)"),
         "cpu_simd_lookup": lookup.get("path", "none (native lookup not built)"),
     }
+    if out["cpu_simd_scan"] == "avx2" and "avx2_step" in scan:
+        out["cpu_avx2_step"] = scan["avx2_step"]
+    return out
 
 
 def _gpu_info() -> dict[str, Any]:

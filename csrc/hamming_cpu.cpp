@@ -210,7 +210,11 @@ const MaskedOps& masked_ops(brcd::Simd level) {
 // every call, so a user can switch paths without restarting the process.
 std::atomic<int> g_forced{-1};
 
+// Every scan entry point asks for its level here, so this is also where the
+// AVX2 kernel's step shape is read from BRCD_AVX2_STEP (a bad value is the
+// same one-line error as a bad BRCD_SIMD).
 brcd::Simd chosen_level() {
+    brcd::avx2_step_slot().store(static_cast<int>(brcd::avx2_step_from_env()), std::memory_order_relaxed);
     const int forced = g_forced.load(std::memory_order_acquire);
     if (forced >= 0) return static_cast<brcd::Simd>(forced);
     return brcd::simd_from_env();
@@ -553,6 +557,8 @@ py::dict py_cpu_features() {
     d["simd_paths_supported"] = usable;
     d["simd_path"] = brcd::simd_report([] { return std::string(brcd::simd_name(chosen_level())); });
     d["simd_env"] = brcd::kSimdEnv;
+    d["avx2_step"] = brcd::simd_report([] { return std::string(brcd::avx2_step_name(brcd::avx2_step_from_env())); });
+    d["avx2_step_env"] = brcd::kAvx2StepEnv;
     d["default_threads"] = default_threads();
     d["api_version"] = kApiVersion;
     return d;

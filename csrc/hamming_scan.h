@@ -33,6 +33,10 @@
 // test driver (csrc/tests/scan_test.cpp) include this same file.
 #pragma once
 
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu_features.h"  // BRCD_X86_64, BRCD_NEON, BRCD_SIMD_VARIANTS and the target attribute of each level
@@ -189,6 +193,36 @@ struct ScanVariant {
 #define BRCD_DIST_PORTABLE(NW) scalar_distances_tile<PopPortable, NW>(t, nw, q, nq, o, os)
 BRCD_DEFINE_SCAN(scalar, , rows_layout, BRCD_SEL_PORTABLE, BRCD_DIST_PORTABLE)
 
+// The two step shapes of the AVX2 rows kernel (Avx2Shape below says what they
+// are). Known on every architecture, so that the entry points and reports can
+// name them; only x86-64 builds have the kernel.
+enum class Avx2Step : int { wide = 0, narrow = 1 };
+
+constexpr const char* kAvx2StepEnv = "BRCD_AVX2_STEP";
+
+// The shape the scans of this process use; the entry points set it from
+// BRCD_AVX2_STEP before each scan (parse_avx2_step), so a test can switch it.
+inline std::atomic<int>& avx2_step_slot() {
+    static std::atomic<int> slot{static_cast<int>(Avx2Step::wide)};
+    return slot;
+}
+
+inline const char* avx2_step_name(Avx2Step k) { return k == Avx2Step::narrow ? "narrow" : "wide"; }
+
+// The shape a BRCD_AVX2_STEP value asks for (empty or auto: wide).
+inline Avx2Step parse_avx2_step(const std::string& value) {
+    const std::string name = normalised_simd_name(value);
+    if (name.empty() || name == "auto" || name == "wide") return Avx2Step::wide;
+    if (name == "narrow") return Avx2Step::narrow;
+    throw std::invalid_argument("unknown AVX2 step shape '" + value + "' (from environment variable " +
+                                kAvx2StepEnv + "); choose wide, narrow, or auto (or empty) for wide");
+}
+
+inline Avx2Step avx2_step_from_env() {
+    const char* env = std::getenv(kAvx2StepEnv);
+    return parse_avx2_step(env ? std::string(env) : std::string());
+}
+
 #if BRCD_SIMD_VARIANTS
 
 // ---------------------------------------------------------------------------
@@ -259,21 +293,40 @@ struct Avx2Rows<4> {
 };
 
 // How a rows step is shaped for NW-word codes: U registers of 4 codes go
-// through the vector pipes and S more codes through scalar POPCNT. Measured
-// best on the AVX2 path of an AMD Zen 5 core (docs/kernels.md).
-template <size_t NW>
+// through the vector pipes and S more codes through scalar POPCNT. Two shapes
+// are compiled, and BRCD_AVX2_STEP chooses between them at run time:
+//   wide:   measured best on an AMD Zen 5 core (8 macro-ops dispatched per
+//           cycle), where about 62% of the codes on the vector pipes balances
+//           them against dispatch (docs/kernels.md derives the split);
+//   narrow: about 80% of the codes on the vector pipes, the balance the same
+//           model gives for a 6-wide core (Zen 2/3, Intel before Golden Cove).
+// wide is the default everywhere until a 6-wide core has measured both;
+// scripts/avx2_check.sh times the two in one run.
+template <size_t NW, Avx2Step K>
 struct Avx2Shape;
 template <>
-struct Avx2Shape<1> {
+struct Avx2Shape<1, Avx2Step::wide> {
     static constexpr int U = 4, S = 10;
 };
 template <>
-struct Avx2Shape<2> {
+struct Avx2Shape<2, Avx2Step::wide> {
     static constexpr int U = 2, S = 4;
 };
 template <>
-struct Avx2Shape<4> {
+struct Avx2Shape<4, Avx2Step::wide> {
     static constexpr int U = 2, S = 4;
+};
+template <>
+struct Avx2Shape<1, Avx2Step::narrow> {
+    static constexpr int U = 4, S = 4;
+};
+template <>
+struct Avx2Shape<2, Avx2Step::narrow> {
+    static constexpr int U = 2, S = 2;
+};
+template <>
+struct Avx2Shape<4, Avx2Step::narrow> {
+    static constexpr int U = 2, S = 2;
 };
 
 // One query: its words broadcast, and its threshold as the step compares it.
@@ -376,10 +429,17 @@ BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select_one(const Tile& t, const uint
     scalar_select_range<PopHardware, NW, Layout::rows>(t, NW, qv.q, j, n, s);
 }
 
+template <size_t NW, Avx2Step K>
+BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select_shaped(const Tile& t, const uint64_t* q, size_t nq, Selector* sels) {
+    for (size_t i = 0; i < nq; ++i)
+        avx2_rows_select_one<NW, Avx2Shape<NW, K>::U, Avx2Shape<NW, K>::S>(t, q + i * NW, sels[i]);
+}
+
 template <size_t NW>
 BRCD_TARGET_AVX2 BRCD_INLINE void avx2_rows_select(const Tile& t, const uint64_t* q, size_t nq, Selector* sels) {
-    for (size_t i = 0; i < nq; ++i)
-        avx2_rows_select_one<NW, Avx2Shape<NW>::U, Avx2Shape<NW>::S>(t, q + i * NW, sels[i]);
+    if (avx2_step_slot().load(std::memory_order_relaxed) == static_cast<int>(Avx2Step::narrow))
+        return avx2_rows_select_shaped<NW, Avx2Step::narrow>(t, q, nq, sels);
+    avx2_rows_select_shaped<NW, Avx2Step::wide>(t, q, nq, sels);
 }
 
 template <size_t NW>

@@ -26,8 +26,10 @@ def _native_paths() -> list[str]:
 # "native:<path>" runs the C++ kernels with one SIMD path forced (avx512, avx2,
 # popcnt, scalar: whichever this CPU supports), so the AVX2 and baseline x86-64
 # code is exercised on an AVX-512 machine too. "native:<path>:1" runs one thread.
+# "native:avx2+narrow" runs the AVX2 kernel with its other step shape (BRCD_AVX2_STEP).
 BACKEND_CASES = (
     [f"native:{p}" for p in _native_paths()]
+    + (["native:avx2+narrow"] if "avx2" in _native_paths() else [])
     + [f"native:{p}:1" for p in _native_paths()[:1]]
     + [b for b in FAST if b != "native"]
     + ["reference"]
@@ -40,6 +42,9 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     path, _, threads = rest.partition(":")
     if threads:
         monkeypatch.setattr(dispatch, "default_threads", lambda: int(threads))
+    path, _, step = path.partition("+")
+    if step:
+        monkeypatch.setenv("BRCD_AVX2_STEP", step)
     if path:
         import brcd_cli._hamming_cpu as native
 
@@ -227,6 +232,27 @@ def test_simd_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         K.knn(q, db, 10, backend="native")
     monkeypatch.setenv("BRCD_SIMD", "auto")
     assert K.native_features()["simd_path"] == _native_paths()[0]
+
+
+def test_avx2_step_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both AVX2 step shapes give the reference's answer; a bad shape name is one ValueError naming the variable."""
+    if K.available_backends()["native"] != "available":
+        pytest.skip("native extension not built")
+    assert K.native_features()["avx2_step"] == "wide"
+    rng = np.random.default_rng(15)
+    if "avx2" in _native_paths():
+        monkeypatch.setenv("BRCD_SIMD", "avx2")
+    for bits in (64, 128, 256):
+        q, db = _random(rng, 5, bits), _clustered(rng, 2999, bits)
+        for step in ("wide", "narrow"):
+            monkeypatch.setenv("BRCD_AVX2_STEP", step)
+            assert K.native_features()["avx2_step"] == step
+            _assert_same(K.knn(q, db, 17, backend="native"), reference.knn(q, db, 17))
+            _assert_same(K.radius_search(q, db, bits // 3, backend="native"), reference.radius_search(q, db, bits // 3))
+    monkeypatch.setenv("BRCD_AVX2_STEP", "tall")
+    with pytest.raises(ValueError, match="unknown AVX2 step shape 'tall'.*BRCD_AVX2_STEP"):
+        K.knn(q, db, 3, backend="native")
+    assert K.native_features()["avx2_step"].startswith("none (unknown AVX2 step shape")
 
 
 def test_threads_argument() -> None:

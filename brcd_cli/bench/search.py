@@ -211,6 +211,7 @@ def run_search_bench(config: SearchBenchConfig) -> dict[str, Any]:
         "threads": threads,
         "backend": backend,
         "simd_path": features["simd_path"] if features else None,
+        "avx2_step": features.get("avx2_step") if features and features["simd_path"] == "avx2" else None,
         "cpu": cpu_model(),
         "faiss": faiss_version,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -278,7 +279,8 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"{report['bits']}-bit codes, n={report['n']}, k={report['k']}, threads={report['threads']}, "
         f"backend={report['backend']}" + (f" ({report['simd_path']})" if report["simd_path"] else "")
     )
-    lines = [head, f"cpu: {report['cpu']}, SIMD path: {report['simd_path'] or 'none (not the native backend)'}"]
+    step = f" (step shape {report['avx2_step']})" if report.get("avx2_step") else ""
+    lines = [head, f"cpu: {report['cpu']}, SIMD path: {report['simd_path'] or 'none (not the native backend)'}{step}"]
     for who in ("brcd", "faiss"):
         per_core = report.get(f"{who}_codes_per_s_per_core")
         rate = f"  {per_core / 1e9:6.2f} G codes/s per core" if per_core else ""

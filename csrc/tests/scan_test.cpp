@@ -257,6 +257,12 @@ std::vector<const ScanVariant*> runnable_variants() {
     return out;
 }
 
+// Both step shapes of the AVX2 kernel where it is compiled; elsewhere the shape means nothing.
+std::vector<brcd::Avx2Step> avx2_steps() {
+    if (BRCD_SIMD_VARIANTS) return {brcd::Avx2Step::wide, brcd::Avx2Step::narrow};
+    return {brcd::Avx2Step::wide};
+}
+
 int run_tests() {
     const std::vector<const ScanVariant*> variants = runnable_variants();
     std::printf("variants checked against scalar:");
@@ -266,12 +272,16 @@ int run_tests() {
     Report rep;
     const size_t widths[] = {8, 24, 64, 72, 128, 136, 192, 256, 264, 520};
     const size_t sizes[] = {0, 1, 7, 13, 24, 61, 1003};
-    for (const size_t bits : widths) {
-        for (const Kind kind : kKinds) {
-            for (const size_t n : sizes) {
-                // Enough queries for every block remainder, fewer for the widest and largest cases.
-                const size_t nq = (n > 100 || bits > 256) ? 5 : 9;
-                check_case(variants, kind, bits, n, nq, rng, rep);
+    for (const brcd::Avx2Step step : avx2_steps()) {
+        brcd::avx2_step_slot().store(static_cast<int>(step));
+        if (BRCD_SIMD_VARIANTS) std::printf("avx2 step shape: %s\n", brcd::avx2_step_name(step));
+        for (const size_t bits : widths) {
+            for (const Kind kind : kKinds) {
+                for (const size_t n : sizes) {
+                    // Enough queries for every block remainder, fewer for the widest and largest cases.
+                    const size_t nq = (n > 100 || bits > 256) ? 5 : 9;
+                    check_case(variants, kind, bits, n, nq, rng, rep);
+                }
             }
         }
     }
@@ -297,14 +307,20 @@ int run_bench() {
         const size_t tile = std::max<size_t>(1024, (256 * 1024 / bits * 8) / 32 * 32);
         for (const ScanVariant* v : brcd::scan_variants()) {
             if (!brcd::cpu_supports(v->level)) continue;
-            double best = 1e30;
-            for (int rep = 0; rep < 3; ++rep) {
-                const auto t0 = std::chrono::steady_clock::now();
-                run_select(*v, db, qs, Op::knn, k, tile, nq);
-                best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            const bool shaped = std::string(brcd::simd_name(v->level)) == "avx2";
+            for (const brcd::Avx2Step step : shaped ? avx2_steps() : std::vector<brcd::Avx2Step>{brcd::Avx2Step::wide}) {
+                brcd::avx2_step_slot().store(static_cast<int>(step));
+                double best = 1e30;
+                for (int rep = 0; rep < 3; ++rep) {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    run_select(*v, db, qs, Op::knn, k, tile, nq);
+                    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                }
+                const std::string name = std::string(brcd::simd_name(v->level)) +
+                                         (shaped ? std::string(" ") + brcd::avx2_step_name(step) : std::string());
+                std::printf("%-12s %3zu-bit  %7.3f G codes/s per core\n", name.c_str(), bits,
+                            static_cast<double>(n) * nq / best * 1e-9);
             }
-            std::printf("%-7s %3zu-bit  %7.3f G codes/s per core\n", brcd::simd_name(v->level), bits,
-                        static_cast<double>(n) * nq / best * 1e-9);
         }
     }
     return 0;
