@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from brcd_cli.data import make_split, preload, synthetic_source
-from brcd_cli.encoding import features_of, packed_codes_of_images
+from brcd_cli.encoding import packed_codes_of_images
 from brcd_cli.errors import BrcdError
 from brcd_cli.evaluation.protocol import encode_with
 from brcd_cli.models import load_model
@@ -17,6 +17,7 @@ from brcd_cli.progress import Progress
 from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
 from brcd_cli.training.classic import CLASSIC_METHODS, hash_codes
 from brcd_cli.training.common import resolve_arch
+from brcd_cli.training.feature_cache import clean_features_of
 from conftest import TINY_ARCH, run_cli
 
 QUIET = lambda message: None  # noqa: E731
@@ -36,7 +37,7 @@ def test_closed_form_teachers_store_their_hashing_layer_as_the_linear_head(tmp_p
     assert model.config.method == method and model.config.head == "linear"
     split = make_split(src, seed=0)
     images = preload(src, split.train, 16)
-    features = features_of(model, images).numpy()
+    features = clean_features_of(model, images).numpy()
     weight, bias = CLASSIC_METHODS[method](features.astype(np.float64), 16, 0)  # the same fit, from the same features
     np.testing.assert_allclose(model.head.weight.detach().numpy(), weight, rtol=1e-5, atol=1e-6)
     # the checkpoint's codes are the fitter's codes (sign of W x + b), through the ordinary encode path
@@ -46,6 +47,32 @@ def test_closed_form_teachers_store_their_hashing_layer_as_the_linear_head(tmp_p
     record = json.loads((tmp_path / method / "run.json").read_text())
     assert record["result"]["stopped"] == "closed-form" and record["result"]["epochs"] == 0
     assert 0.0 <= trained.result.best_score <= 1.0
+
+
+def test_floors_take_the_training_features_from_a_teachers_cache_and_fit_the_same_head(tmp_path: Path):
+    """A floor beside a frozen teacher on the same backbone reads the teacher's cached features instead of a second
+    pass of the backbone, and the head it fits is the one it fits without the cache, to the bit."""
+    src = synthetic_source(n=64, n_classes=4, size=16)
+    common = dict(arch=TINY_ARCH, bits=16, image_size=16, pretrained="none", freeze_backbone=True,
+                  fit=FitOptions(epochs=1, batch_size=16))
+    cache = tmp_path / "teacher" / "feature-cache"
+    train_teacher(src, tmp_path / "teacher", TeacherOptions(cache_views=2, **common), log=QUIET)
+    assert len(list(cache.glob("*/meta.json"))) == 1
+    for method in ("lsh", "itq"):
+        said: list[str] = []
+        train_teacher(src, tmp_path / f"{method}-cached", TeacherOptions(method=method, cache_dir=cache, **common),
+                      log=said.append)
+        assert any("features from the feature cache" in line for line in said), said
+        train_teacher(src, tmp_path / f"{method}-alone", TeacherOptions(method=method, cache_dir=tmp_path / "none", **common),
+                      log=said.append)
+        cached, _ = load_model(tmp_path / f"{method}-cached")
+        alone, _ = load_model(tmp_path / f"{method}-alone")
+        assert torch.equal(cached.head.weight, alone.head.weight) and torch.equal(cached.head.bias, alone.head.bias)
+    # another backbone (another seed's random weights) finds nothing to reuse
+    said = []
+    train_teacher(src, tmp_path / "other", TeacherOptions(method="lsh", cache_dir=cache, **{**common, "bits": 16}, seed=1),
+                  log=said.append)
+    assert not any("feature cache" in line for line in said)
 
 
 def test_closed_form_teachers_refuse_an_mlp_head_and_the_cli_lists_the_methods(tmp_path: Path, capsys):

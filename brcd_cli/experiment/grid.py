@@ -215,7 +215,7 @@ class Experiment:
             done = read_run_record(d)
             if done is None or done.get("state") != "done":
                 opts = replace(self.options.teacher_options, arch=teacher.config.arch, bits=bits, image_size=teacher.config.image_size,
-                               method=name, head="linear", seed=_teacher_seed(teacher_dir))
+                               method=name, head="linear", seed=_teacher_seed(teacher_dir), cache_dir=self.out / "feature-cache")
                 train_teacher(self.source, d, opts, force=True, log=self._quiet)
             floors[name] = load_model(d)[0]
         return floors

@@ -131,18 +131,25 @@ class ViewSet:
         return torch.cat([self.view(p, v) for p in positions])
 
 
-def cache_fingerprint(model: HashModel, view_set: ViewSet, clean_images: torch.Tensor) -> tuple[str, dict]:
-    """sha256 over everything the cached arrays depend on, and the readable part of it for meta.json."""
-    inputs = {
+def _clean_inputs(model: HashModel, clean_images: torch.Tensor) -> dict:
+    """What a cache's test-time features depend on: the backbone, its input and the images, not the views."""
+    return {
         "version": CACHE_VERSION,
         "arch": model.config.arch,
         "image_size": model.config.image_size,
         "mean": list(model.config.mean),
         "std": list(model.config.std),
         "backbone_sha256": backbone_digest(model),
+        "clean_sha256": tensor_digest(clean_images),
+    }
+
+
+def cache_fingerprint(model: HashModel, view_set: ViewSet, clean_images: torch.Tensor) -> tuple[str, dict]:
+    """sha256 over everything the cached arrays depend on, and the readable part of it for meta.json."""
+    inputs = {
+        **_clean_inputs(model, clean_images),
         "view_set_sha256": view_set.digest,
         "view_size": view_set.size,
-        "clean_sha256": tensor_digest(clean_images),
         "images": len(view_set),
         "augment": view_set.augment,
         "views": view_set.views,
@@ -246,22 +253,64 @@ def build_or_open(
     return FeatureCache.open(final)
 
 
-@torch.no_grad()
-def _build(folder: Path, model: HashModel, view_set: ViewSet, clean_images: torch.Tensor, batch_size: int,
-           log: Callable[[str], None]) -> None:
-    # A private copy in the inference layout (channels-last: several times faster for depthwise
-    # convolutions on a CPU); the features equal the training layout's up to float rounding.
+def find_clean_features(root: Optional[Path], model: HashModel, clean_images: torch.Tensor) -> Optional[torch.Tensor]:
+    """The test-time features of ``clean_images`` through ``model``'s backbone from any cache under ``root``, or None.
+
+    A closed-form head (LSH, ITQ) needs only these features, and a teacher
+    on the same backbone and training images has already computed them for its
+    cache, whatever its views; looking them up by the inputs they depend on
+    saves a second pass of the backbone over the training images.
+    """
+    if root is None or not Path(root).is_dir():
+        return None
+    want = {**_clean_inputs(model, clean_images), "images": int(clean_images.shape[0])}
+    for meta_path in sorted(Path(root).glob(f"*/{META}")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and all(meta.get(key) == value for key, value in want.items()):
+            try:
+                return FeatureCache.open(meta_path.parent).clean_features()
+            except BrcdError:
+                continue
+    return None
+
+
+def _inference_features(model: HashModel) -> Callable[[torch.Tensor], np.ndarray]:
+    """Backbone features of float images as a cache computes them.
+
+    A private copy in the inference layout (channels-last: several times faster
+    for depthwise convolutions on a CPU); the features equal the training
+    layout's up to float rounding, so everything that must agree with a
+    cache's features to the bit computes them through this one function.
+    """
     net = copy.deepcopy(model).prepare_for_inference()
     size = model.config.image_size
 
     def features(x: torch.Tensor) -> np.ndarray:
         return net.features(resized(x, size).contiguous(memory_format=torch.channels_last)).numpy()
 
+    return features
+
+
+@torch.no_grad()
+def clean_features_of(model: HashModel, clean_images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The test-time features a cache of these images would hold (same network layout, same batches), computed now."""
+    features = _inference_features(model)
+    parts = [features(clean_images[s : s + batch_size].float().div(255.0)) for s in range(0, len(clean_images), batch_size)]
+    return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros((0, 0))
+
+
+@torch.no_grad()
+def _build(folder: Path, model: HashModel, view_set: ViewSet, clean_images: torch.Tensor, batch_size: int,
+           log: Callable[[str], None]) -> None:
+    features = _inference_features(model)
     n, v = len(view_set), view_set.views
     d = features(clean_images[:1].float().div(255.0)).shape[1]
     views = np.lib.format.open_memmap(folder / "views.npy", mode="w+", dtype=np.float32, shape=(n, v, d))
     clean = np.lib.format.open_memmap(folder / "clean.npy", mode="w+", dtype=np.float32, shape=(n, d))
-    log(f"feature cache: {model.config.arch} at {size}px, {v} views x {n} images + the {n} test-time images ({d}-d features)")
+    log(f"feature cache: {model.config.arch} at {model.config.image_size}px, {v} views x {n} images + the {n} test-time images ({d}-d features)")
     with Progress(f"feature cache {model.config.arch}", total=n * (v + 1), unit="images", log=log) as progress:
         for start in range(0, n, batch_size):
             positions = range(start, min(start + batch_size, n))

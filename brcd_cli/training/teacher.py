@@ -29,7 +29,8 @@ from ..losses import CIBHashLoss
 from ..models import HashModel, save_model
 from ..options import TEACHER_METHODS, at_least, check_model_options, one_of, positive
 from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, resolve_arch, write_run_record
-from .feature_cache import CachedValidator, FeatureCache, ViewSet, build_or_open, default_cache_root, features_of
+from .feature_cache import (CachedValidator, FeatureCache, ViewSet, build_or_open, clean_features_of, default_cache_root,
+                            find_clean_features)
 from .loop import FitOptions, FitResult, fit
 
 PAPER_TEACHER = "vit_base_patch16_224"
@@ -121,7 +122,7 @@ def train_teacher(
     write_run_record(out_dir, {"kind": "teacher", "data": source.name, "options": options, "state": "training"})
     cache: Optional[FeatureCache] = None
     if closed_form:
-        result = _fit_closed_form(model, source, split, images, options, log)
+        result = _fit_closed_form(model, source, split, images, options, out_dir, log)
     else:
         if uses_cache(options.feature_cache, model, "teacher"):
             root = options.cache_dir or default_cache_root() or out_dir / "feature-cache"
@@ -173,12 +174,17 @@ def _fit_cibhash(model: HashModel, source: ImageSource, split: Split, images: to
 
 
 def _fit_closed_form(model: HashModel, source: ImageSource, split: Split, images: torch.Tensor,
-                     options: TeacherOptions, log: Callable[[str], None]) -> FitResult:
+                     options: TeacherOptions, out_dir: Path, log: Callable[[str], None]) -> FitResult:
     """LSH or ITQ on the backbone's test-time features of the training images, written into the linear head."""
     from .classic import CLASSIC_METHODS
 
     t0 = time.monotonic()
-    features = features_of(model, images)
+    root = options.cache_dir or default_cache_root() or out_dir / "feature-cache"
+    features = find_clean_features(root, model, images)
+    if features is None:
+        features = clean_features_of(model, images)
+    else:
+        log(f"{options.method}: the training images' features from the feature cache under {root}")
     weight, bias = CLASSIC_METHODS[options.method](features.numpy().astype(np.float64), options.bits, options.seed)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
