@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import ModelError
+from . import perceptual
 from .export import Encoder, export_inference, load_exported
 from .hashing import HashModel, ModelConfig
 
@@ -53,7 +54,10 @@ def save_model(model: HashModel, directory: Path) -> str:
 
 
 def read_config(directory: Path) -> tuple[ModelConfig, str]:
-    """The config and fingerprint of a checkpoint folder, without loading weights."""
+    """The config and fingerprint of a checkpoint folder (or a built-in perceptual hasher), without loading weights."""
+    hasher = perceptual.resolve(directory)
+    if hasher is not None:
+        return hasher.config, hasher.fingerprint
     config, fingerprint, _ = _read_doc(directory)
     return config, fingerprint
 
@@ -90,7 +94,11 @@ def load_encoder(directory: Path) -> tuple[Encoder, str]:
 
     Both give the same codes (the program is checked against the model when it
     is saved); the program skips importing timm and building the network.
+    ``perceptual:<name>`` is a built-in perceptual hasher (:mod:`.perceptual`) instead of a folder.
     """
+    hasher = perceptual.resolve(directory)
+    if hasher is not None:
+        return hasher, hasher.fingerprint
     directory = Path(directory)
     config, fingerprint, doc = _read_doc(directory)
     _checked_weights(directory, fingerprint)
