@@ -23,7 +23,8 @@ The hash (``dct64``; ``dct256`` is the same recipe one octave finer):
    ratio share. A resize or re-compression keeps it; a crop that changes the
    aspect ratio moves it, as it moves the picture.
 2. Grayscale by the ITU-R BT.601 luma weights in integers,
-   ``(299 R + 587 G + 114 B + 500) // 1000`` (Pillow's ``convert("L")``).
+   ``(299 R + 587 G + 114 B + 500) // 1000`` (the weights of Pillow's ``convert("L")``, whose own
+   16-bit fixed point lands one level off on about one pixel in 2000).
 3. Area (box) resize to ``dct`` x ``dct`` (32 x 32): each output cell is the
    sum of the input pixels it covers, weighted by the overlap, a fixed
    integer matrix on each side (for 64 -> 32 it is plain 2 x 2 sums). A box
@@ -71,7 +72,7 @@ from .hashing import ModelConfig
 
 PREFIX = "perceptual:"
 FORMAT = "brcd-perceptual/1"
-LUMA = (299, 587, 114)  # ITU-R BT.601 weights in thousandths, as Pillow's convert("L")
+LUMA = (299, 587, 114)  # ITU-R BT.601 weights in thousandths
 BASIS_BITS = 12  # fractional bits of the rounded DCT basis
 EXACT = 2 ** 53  # float64 holds every integer below this exactly
 
