@@ -12,6 +12,7 @@ from PIL import Image
 
 from brcd_cli.codes import write_codes
 from brcd_cli.duplicates import components, find_duplicates
+from brcd_cli.errors import BrcdError
 from conftest import run_cli
 
 PRODUCER = "ab" * 32
@@ -125,4 +126,13 @@ def test_bench_duplicates_scores_pairs_against_the_seeded_truth(tmp_path: Path):
     sweep = report["brcd"]["sweep"]
     assert report["true_pairs"] == len(data.truth) and sweep[16]["pairs"] == len(data.files) * (len(data.files) - 1) // 2
     assert sweep[16]["recall"] == 1.0 and sweep[0]["pairs"] <= sweep[4]["pairs"] <= sweep[8]["pairs"]
-    assert any("<- brcd --radius" in line for line in format_report(report))
+    lines = format_report(report)
+    assert any("<- brcd --radius" in line for line in lines)
+    # the perceptual hashers ran on the same files, their radii scaled to their bits
+    dct64, dct256 = report["brcd_perceptual"]["perceptual:dct64"], report["brcd_perceptual"]["perceptual:dct256"]
+    assert (dct64["bits"], dct64["default_radius"], dct256["radius_scale"]) == (64, 10, 4)
+    assert sorted(dct256["sweep"]) == [4 * r for r in sorted(sweep)] and dct64["seconds"] > 0
+    assert dct64["sweep"][0]["precision"] == 1.0  # exact pixel layouts: a distance-0 pair is a true copy here
+    assert any(line.startswith("brcd perceptual:dct64 at its default radius 10: P ") for line in lines)
+    with pytest.raises(BrcdError, match="perceptual:md5"):
+        DuplicatesBenchConfig(hashers=("perceptual:md5",))

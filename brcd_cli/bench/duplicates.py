@@ -15,9 +15,16 @@ The true pairs are every two images of one family (an original and its
 copies); any other pair found is a false positive, two tiles of one
 photograph included. Both tools read the same files from disk:
 
-* brcd: ``encode_collection`` with a real pretrained model (by default
-  tf_efficientnet_lite0 at 128 px with an ITQ head fitted on the ``photos``
-  data set, not on these images) and :func:`brcd_cli.duplicates.find_duplicates`;
+* brcd, learned: ``encode_collection`` with a real pretrained model (by
+  default tf_efficientnet_lite0 at 128 px with an ITQ head fitted on the
+  ``photos`` data set, not on these images) and
+  :func:`brcd_cli.duplicates.find_duplicates`. Its codes are semantic: two
+  tiles of one photograph look alike to it, which is what costs it precision;
+* brcd, perceptual: the same two calls with a built-in perceptual hasher
+  (:mod:`brcd_cli.models.perceptual`, ``--model perceptual:dct64`` and
+  ``perceptual:dct256``), which keeps the layout instead, as PHash does. A
+  256-bit hasher's radii are the 64-bit ones times four, so one row of the
+  table compares like with like;
 * imagededup: PHash (64-bit DCT hashes) with its ``find_duplicates``, and its
   CNN (MobileNetV3 features, cosine similarity) when its weights can be had
   offline (they are downloaded on first use, so here it reports why not).
@@ -25,8 +32,10 @@ photograph included. Both tools read the same files from disk:
 Each side is timed end to end (hashing the files, then finding the pairs),
 and precision and recall of the pairs are reported over a sweep of each
 tool's threshold (Hamming radius for brcd and PHash, cosine similarity for
-the CNN), at each tool's default setting, and at the radius where brcd's
-precision and recall both reach PHash's at its default, when there is one.
+the CNN), at each tool's default setting (a perceptual hasher's is PHash's
+default scaled to its bits, not fitted here), and at the smallest radius
+where each brcd side's precision and recall both reach PHash's at its
+default, when there is one.
 """
 from __future__ import annotations
 
@@ -61,8 +70,14 @@ class DuplicatesBenchConfig:
     radii: tuple[int, ...] = tuple(range(0, 17))
     seed: int = 0
     use_imagededup: bool = True
+    hashers: tuple[str, ...] = ("perceptual:dct64", "perceptual:dct256")
 
     def __post_init__(self) -> None:
+        from ..models import perceptual
+
+        for name in self.hashers:
+            if perceptual.resolve(name) is None:
+                raise BrcdError(f"{name} is not a perceptual hasher; built in: {', '.join(perceptual.names())}")
         at_least("grid", self.grid, 1)
         at_least("size", self.size, 32)
         at_least("radius", self.radius, 0)
@@ -161,13 +176,14 @@ def default_model(work: Path, log: Callable[[str], None]) -> Path:
 
 
 def _brcd(data: NearDuplicateSet, model: Path, work: Path, radii: tuple[int, ...],
-          log: Callable[[str], None]) -> dict[str, Any]:
+          log: Callable[[str], None], out_name: str = "bench.codes") -> dict[str, Any]:
+    """One brcd side, learned model or perceptual hasher alike: encode the folder, find the pairs, score the sweep."""
     from ..codes import read_codes
     from ..data import open_source
     from ..duplicates import find_duplicates
     from ..pipeline import encode_collection
 
-    out = work / "bench.codes"
+    out = work / out_name
     t0 = time.perf_counter()
     encode_collection(open_source(str(data.folder)), model, out, batch_size=64, overwrite=True, log=lambda _: None)
     t1 = time.perf_counter()
@@ -230,6 +246,18 @@ def _imagededup_cnn(data: NearDuplicateSet) -> dict[str, Any]:
             "seconds": round(t2 - t0, 3), "sweep": sweep}
 
 
+def _perceptual(data: NearDuplicateSet, name: str, work: Path, radii: tuple[int, ...],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """A perceptual hasher's side: radii scaled to its bits (x4 for 256), its suggested radius recorded."""
+    from ..models import perceptual
+
+    hasher = perceptual.resolve(name)
+    assert hasher is not None  # the config checked the name
+    scale = max(1, hasher.spec.bits // 64)
+    side = _brcd(data, Path(name), work, tuple(r * scale for r in radii), log, out_name=f"{hasher.spec.name}.codes")
+    return {"bits": hasher.spec.bits, "radius_scale": scale, "default_radius": hasher.spec.radius, **side}
+
+
 def _dominating(brcd: dict[str, Any], phash: dict[str, Any]) -> Optional[int]:
     """The smallest radius at which brcd's precision and recall both reach PHash's at its default threshold."""
     ref = phash["sweep"].get(PHASH_DEFAULT)
@@ -257,6 +285,7 @@ def run_duplicates_bench(config: DuplicatesBenchConfig, log: Callable[[str], Non
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     report["brcd"] = _brcd(data, model, work, radii, log)
+    report["brcd_perceptual"] = {name: _perceptual(data, name, work, radii, log) for name in config.hashers}
     report["imagededup_phash"] = report["imagededup_cnn"] = None
     if config.use_imagededup:
         try:
@@ -270,25 +299,39 @@ def run_duplicates_bench(config: DuplicatesBenchConfig, log: Callable[[str], Non
             report["imagededup_phash"] = _imagededup_phash(data, radii)
             report["imagededup_cnn"] = _imagededup_cnn(data)
             report["brcd_radius_matching_phash"] = _dominating(report["brcd"], report["imagededup_phash"])
+            for side in report["brcd_perceptual"].values():
+                side["radius_matching_phash"] = _dominating(side, report["imagededup_phash"])
     return report
 
 
+def _at(sweep: dict[Any, Any], radius: int) -> Optional[dict[str, Any]]:
+    """A sweep's entry for ``radius`` whether the keys are ints (a fresh report) or strings (one read back from JSON)."""
+    return sweep.get(radius) or sweep.get(str(radius))
+
+
 def format_report(report: dict[str, Any]) -> list[str]:
-    """The report as lines: settings, times, and precision/recall over the sweep side by side."""
+    """The report as lines: settings, times, and precision/recall over the sweep side by side.
+
+    Rows are 64-bit radii; a 256-bit side's cell holds its radius four times the row's, as it was swept.
+    """
     lines = [f"{report['images']} images, {report['true_pairs']} true pairs ({report['folder']}); brcd model {report['model']}",
              f"cpu: {report['cpu']}; load average: {report['load_average']}"]
-    sides = [("brcd", report["brcd"])]
+    sides: list[tuple[str, dict[str, Any], int]] = [(f"brcd {Path(report['model']).name}", report["brcd"], 1)]
+    for name, side in (report.get("brcd_perceptual") or {}).items():
+        scale = int(side.get("radius_scale", 1))
+        sides.append((f"brcd {name}" + (f" (r x{scale})" if scale > 1 else ""), side, scale))
     if report.get("imagededup_phash"):
-        sides.append((f"imagededup {report['imagededup_version']} PHash", report["imagededup_phash"]))
-    for name, side in sides:
+        sides.append((f"imagededup {report['imagededup_version']} PHash", report["imagededup_phash"], 1))
+    for name, side, _ in sides:
         lines.append(f"{name}: {side['seconds']:.2f} s ({side['encode_seconds']:.2f} s hashing, "
                      f"{side['search_seconds']:.2f} s finding pairs)")
-    lines.append("radius  " + "  ".join(f"{name[:26]:>26}" for name, _ in sides) + "   (pairs, precision, recall)")
+    lines.append("radius  " + "  ".join(f"{name[:26]:>26}" for name, _, _ in sides) + "   (pairs, precision, recall)")
     for r in sorted(report["brcd"]["sweep"], key=int):
         cells = []
-        for _, side in sides:
-            s = side["sweep"].get(r) or side["sweep"].get(int(r)) or side["sweep"].get(str(r))
-            cells.append(f"{s['pairs']:>8} {s['precision'] if s['precision'] is not None else '-':>8} {s['recall']:>8}")
+        for _, side, scale in sides:
+            s = _at(side["sweep"], int(r) * scale)
+            cells.append("-" if s is None else
+                         f"{s['pairs']:>8} {s['precision'] if s['precision'] is not None else '-':>8} {s['recall']:>8}")
         mark = "  <- brcd --radius" if int(r) == report["radius"] else ("  <- PHash default" if int(r) == PHASH_DEFAULT else "")
         lines.append(f"{int(r):>6}  " + "  ".join(f"{c:>26}" for c in cells) + mark)
     cnn = report.get("imagededup_cnn")
@@ -296,11 +339,25 @@ def format_report(report: dict[str, Any]) -> list[str]:
         lines.append("imagededup CNN: " + (f"{cnn['seconds']:.2f} s; " + ", ".join(
             f">= {t}: P {s['precision']} R {s['recall']}" for t, s in cnn["sweep"].items())
             if cnn["available"] else f"not available ({cnn['reason']})"))
-    at = report["brcd"]["sweep"].get(report["radius"]) or report["brcd"]["sweep"].get(str(report["radius"]))
+    at = _at(report["brcd"]["sweep"], report["radius"])
     lines.append(f"brcd at radius {report['radius']}: {at['false_same_photograph']} of its "
                  f"{at['pairs'] - at['true_pairs']} false pairs are two tiles of one photograph")
+    phash = report.get("imagededup_phash")
+    if phash:
+        ref = _at(phash["sweep"], PHASH_DEFAULT)
+        lines.append(f"imagededup PHash at its default threshold {PHASH_DEFAULT}: P {ref['precision']} R {ref['recall']}")
     if "brcd_radius_matching_phash" in report:
         r = report["brcd_radius_matching_phash"]
         lines.append("brcd reaches PHash's precision and recall (at its default threshold "
                      f"{PHASH_DEFAULT}) " + (f"from radius {r}" if r is not None else "at no radius"))
+    for name, side in (report.get("brcd_perceptual") or {}).items():
+        default = _at(side["sweep"], side["default_radius"])
+        line = f"brcd {name} at its default radius {side['default_radius']}: " + (
+            f"P {default['precision']} R {default['recall']}" if default else "not swept")
+        if "radius_matching_phash" in side:
+            r = side["radius_matching_phash"]
+            line += "; reaches PHash's precision and recall " + (
+                f"from radius {r} (P {_at(side['sweep'], r)['precision']} R {_at(side['sweep'], r)['recall']})"
+                if r is not None else "at no radius")
+        lines.append(line)
     return lines

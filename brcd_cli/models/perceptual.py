@@ -44,7 +44,8 @@ The hash (``dct64``; ``dct256`` is the same recipe one octave finer):
    of a non-black image, so its bit is a constant 1 that never adds distance
    (63 informative bits). The median of an odd count is one of the
    coefficients, so exactly half of the AC bits are 1 (a balanced code)
-   unless coefficients tie.
+   unless coefficients tie. Two such codes always differ in an even number of
+   bits, so radius 2k + 1 finds what radius 2k finds.
 
 Determinism: every operand is an integer (pixels, luma, box weights, the
 rounded DCT basis) and every product and partial sum stays below 2**53, a
@@ -86,6 +87,7 @@ class HasherSpec:
     dct: int
     block: int
     summary: str
+    radius: int  # a suggested near-duplicate radius: imagededup's PHash default (10 of 64) scaled to the bits, not fitted
 
     @property
     def bits(self) -> int:
@@ -93,7 +95,7 @@ class HasherSpec:
 
     def record(self) -> dict[str, object]:
         """Everything that decides the bits: hashed into the fingerprint that the codes file records."""
-        fields = {k: v for k, v in asdict(self).items() if k != "summary"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("summary", "radius")}
         return {"format": FORMAT, **fields, "luma": list(LUMA), "resize": "area", "basis_bits": BASIS_BITS,
                 "bit": "coefficient > median of the block's AC coefficients, row-major, DC kept",
                 "decode": "pipeline: shorter side to image_size, centre square"}
@@ -102,9 +104,9 @@ class HasherSpec:
 #: The built-in hashers by name (``--model perceptual:<name>``).
 HASHERS: dict[str, HasherSpec] = {spec.name: spec for spec in (
     HasherSpec("dct64", image_size=64, dct=32, block=8,
-               summary="classic pHash: 32 x 32 grayscale, 8 x 8 lowest DCT frequencies, 64 bits"),
+               summary="classic pHash: 32 x 32 grayscale, 8 x 8 lowest DCT frequencies, 64 bits", radius=10),
     HasherSpec("dct256", image_size=128, dct=64, block=16,
-               summary="one octave finer: 64 x 64 grayscale, 16 x 16 lowest DCT frequencies, 256 bits"),
+               summary="one octave finer: 64 x 64 grayscale, 16 x 16 lowest DCT frequencies, 256 bits", radius=40),
 )}
 
 
