@@ -279,7 +279,7 @@ def methods_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")
 @app.command("encode")
 def encode_cmd(
     images: str = typer.Argument(..., help="image folder, list file, CIFAR-10 folder or digits"),
-    model: Path = typer.Option(..., "--model", help="teacher or student folder"),
+    model: Path = typer.Option(..., "--model", help="teacher or student folder, or a built-in perceptual hasher (perceptual:dct64, perceptual:dct256)"),
     out: Path = typer.Option(..., "--out", help="codes file to write"),
     batch_size: int = typer.Option(128),
     force: bool = typer.Option(False, help="overwrite an existing codes file (or discard an interrupted encode)"),
@@ -397,7 +397,7 @@ def duplicates_cmd(
 def search_cmd(
     queries: list[Path] = typer.Argument(..., help="query images, folders of them, or list files (one image path per line)"),
     codes: Optional[list[Path]] = typer.Option(None, "--codes", help="codes file from brcd encode; repeat for shards (searched as one)"),
-    model: Path = typer.Option(..., "--model", help="model that encodes the query (a student for ASHP)"),
+    model: Path = typer.Option(..., "--model", help="model that encodes the query (a student for ASHP; perceptual:NAME for codes a perceptual hasher wrote)"),
     k: int = typer.Option(10, "-k", "--k", help="number of nearest codes"),
     radius: Optional[int] = typer.Option(None, help="return every code within this Hamming distance (inclusive) instead of -k"),
     milvus: Optional[str] = typer.Option(None, "--milvus", help="search a Milvus collection (server URI or Milvus Lite .db file) instead of codes files"),
