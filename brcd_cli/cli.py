@@ -285,7 +285,9 @@ def encode_cmd(
     force: bool = typer.Option(False, help="overwrite an existing codes file (or discard an interrupted encode)"),
     resume: bool = typer.Option(False, help="continue an interrupted encode of --out from its last batch"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="exit 0 even if some images could not be read (they are always skipped and listed)"),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of the forward (default: chosen after the first "
+                                          "batches: every core when the forward dominates, the cores the decode workers "
+                                          "leave, at least one, when decoding does)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="decode threads working ahead of the model (default: one per core; 0: decode serially)"),
     exact_decode: bool = typer.Option(False, "--exact-decode", help="decode every pixel of a JPEG (default: the smallest DCT scale that covers the model's input)"),
     decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="where JPEGs are decoded: cpu (Pillow) or cuda (nvJPEG, a full decode)"),
@@ -306,7 +308,7 @@ def encode_cmd(
     from .update import encode_recorded, update_collection
 
     set_threads(threads)
-    loading = LoadOptions(workers=workers, exact=exact_decode, device=decode_device.value)
+    loading = LoadOptions(workers=workers, exact=exact_decode, device=decode_device.value, tune_threads=not threads)
     if update and (force or resume):
         raise BrcdError("--update keeps what is current and continues an interrupted update by itself; "
                         "drop " + ("--force" if force else "--resume"))

@@ -26,6 +26,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
+import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -278,12 +280,16 @@ class LoadOptions:
     instead of the smallest DCT scale that covers the input. ``device``:
     where JPEGs are decoded (``cuda``: nvJPEG, always a full decode).
     ``prefetch``: batches decoded ahead of the one being consumed.
+    ``tune_threads``: once the stream has timed a batch's decoding and its
+    consumer, set torch's threads by :func:`brcd_cli.threads.forward_threads`
+    (encode's default when ``--threads`` is not given; training keeps its own).
     """
 
     workers: Optional[int] = None
     exact: bool = False
     device: str = "cpu"
     prefetch: int = 2
+    tune_threads: bool = False
 
     def __post_init__(self) -> None:
         at_least("workers", self.workers, 0, optional=True)
@@ -338,6 +344,10 @@ class BatchStream:
         self.options = options or LoadOptions()
         self.decoder = decoder or self.options.decoder()
         self._pools: list[ThreadPoolExecutor] = []
+        #: what the stream saw and chose when ``options.tune_threads``: decode CPU ms and consumer ms per item, threads
+        self.tuned: Optional[dict[str, float]] = None
+        self._decoding = [0.0, 0]  # CPU seconds spent decoding, items decoded: summed over the threads, under the lock
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "BatchStream":
         return self
@@ -346,6 +356,33 @@ class BatchStream:
         self.close()
 
     def __iter__(self) -> Iterator[Batch]:
+        batches = self._batches()
+        if not self.options.tune_threads:
+            yield from batches
+            return
+        yield from self._tuning(batches)
+
+    def _tuning(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """Pass batches on, timing the consumer's hold of the second one (the first also pays the model's warm-up)
+        against the CPU its items took to decode, then set torch's threads once: re-deciding as rates shift would
+        flip the count back and forth, since fewer forward threads change which side dominates."""
+        from ..threads import tune_forward_threads
+
+        try:
+            for number, batch in enumerate(batches):
+                held = time.perf_counter()
+                yield batch
+                if number == 1 and len(batch.indices):
+                    forward_ms = 1000 * (time.perf_counter() - held) / len(batch.indices)
+                    with self._lock:
+                        seconds, items = self._decoding
+                    decode_ms = 1000 * seconds / max(1, items)
+                    threads = tune_forward_threads(self.options.worker_count, decode_ms, forward_ms)
+                    self.tuned = {"decode_ms": round(decode_ms, 3), "forward_ms": round(forward_ms, 3), "threads": threads}
+        finally:
+            batches.close()  # a consumer that leaves early stops the workers now, not when the generator is collected
+
+    def _batches(self) -> Iterator[Batch]:
         chunks = (self.indices[s : s + self.batch_size] for s in range(0, len(self.indices), self.batch_size))
         workers = self.options.worker_count
         if workers == 0:
@@ -376,10 +413,16 @@ class BatchStream:
             pool.shutdown(wait=True)
 
     def _prepare(self, index: int) -> Any:
+        started = time.thread_time()  # this thread's CPU only: what decoding costs, whatever else runs on the machine
         try:
             return self.decoder.prepare(self.source, index, self.size)
         except DataError as exc:
             return exc
+        finally:
+            spent = time.thread_time() - started
+            with self._lock:
+                self._decoding[0] += spent
+                self._decoding[1] += 1
 
     def _finish_when_ready(self, chunk: np.ndarray, futures: list[Future]) -> Batch:
         return self._finish(chunk, [f.result() for f in futures])
