@@ -39,17 +39,18 @@ The hash (``dct64``; ``dct256`` is the same recipe one octave finer):
    coefficient is **greater than the median of the block's AC coefficients**
    (the 63 others than DC). This is the classic pHash bit rule as imagededup's
    PHash applies it: the DC coefficient (the mean brightness) is kept in the
-   block but left out of the median, so a brightness change, which moves DC
-   alone, does not move the threshold; DC itself is always above the median
+   block but left out of the median, so adding brightness, which moves DC
+   alone, does not move the threshold (scaling it scales every coefficient
+   and the median alike); DC itself is always above the median
    of a non-black image, so its bit is a constant 1 that never adds distance
    (63 informative bits). The median of an odd count is one of the
-   coefficients, so exactly half of the AC bits are 1 (a balanced code)
-   unless coefficients tie. Two such codes always differ in an even number of
+   coefficients, so exactly 31 of the 63 AC bits are 1, 32 of the 64 with DC
+   (a balanced code), unless coefficients tie. Two such codes always differ in an even number of
    bits, so radius 2k + 1 finds what radius 2k finds.
 
 Determinism: every operand is an integer (pixels, luma, box weights, the
 rounded DCT basis) and every product and partial sum stays below 2**53, a
-bound checked when the matrices are built, so the float64 matrix multiplies
+bound checked before the products, so the float64 matrix multiplies
 are exact whatever the BLAS, the summation order, the SIMD path or the
 device. The same decoded pixels give the same bits on every machine. (The
 decoding before the hasher is Pillow's and libjpeg's, as for every model.)
