@@ -184,6 +184,7 @@ def test_learned_and_perceptual_codes_are_never_mixed(photo_folder: Path, tmp_pa
     for db, model in ((phash, str(learned)), (codes, "perceptual:dct64")):
         code, text, err = run_cli(["search", query, "--codes", str(db), "--model", model, "-k", "3"], capsys)
         assert code != 0 and text == "" and "another code space" in err and len(err.strip().splitlines()) == 1
+        assert "(perceptual:dct64)" in err  # the hasher is named, on whichever side it is
     code, _, err = run_cli(["encode", str(photo_folder), "--out", str(phash), "--model", "perceptual:dct64", "--update"],
                            capsys)
     assert code == 0, err  # an update with the same hasher keeps the codes

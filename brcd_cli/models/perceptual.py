@@ -217,3 +217,12 @@ def resolve(model: Union[str, os.PathLike]) -> Optional[PerceptualHasher]:
     if spec is None:
         raise ModelError(f"unknown perceptual hasher {os.fspath(model)!r}; built in: {', '.join(names())}")
     return PerceptualHasher(spec)
+
+
+def name_of_space(space: str) -> Optional[str]:
+    """The built-in hasher whose codes live in code space ``space`` (its recipe's fingerprint), or None: lets an
+    error about mixed code spaces say "perceptual:dct64" instead of a digest."""
+    for name, spec in HASHERS.items():
+        if PerceptualHasher(spec).fingerprint == space:
+            return PREFIX + name
+    return None

@@ -224,6 +224,14 @@ def check_compatible(collection: Collection, model_bits: int, model_space: str) 
     space = collection.code_space
     if space and model_space and space != model_space:
         raise BrcdError(
-            f"{where} was encoded in another code space ({space[:12]}) than the model's ({model_space[:12]}); "
-            "encode the database with this model, its teacher, or a student distilled from it"
+            f"{where} was encoded in another code space ({_space_name(space)}) than the model's "
+            f"({_space_name(model_space)}); encode the database with this model, its teacher, or a student distilled "
+            "from it"
         )
+
+
+def _space_name(space: str) -> str:
+    """A code space as a person reads it: a built-in hasher's name, else the start of the producing model's digest."""
+    from ..models.perceptual import name_of_space
+
+    return name_of_space(space) or space[:12]
