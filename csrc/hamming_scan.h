@@ -303,30 +303,12 @@ struct Avx2Rows<4> {
 // wide is the default everywhere until a 6-wide core has measured both;
 // scripts/avx2_check.sh times the two in one run.
 template <size_t NW, Avx2Step K>
-struct Avx2Shape;
-template <>
-struct Avx2Shape<1, Avx2Step::wide> {
-    static constexpr int U = 4, S = 10;
-};
-template <>
-struct Avx2Shape<2, Avx2Step::wide> {
-    static constexpr int U = 2, S = 4;
-};
-template <>
-struct Avx2Shape<4, Avx2Step::wide> {
-    static constexpr int U = 2, S = 4;
-};
-template <>
-struct Avx2Shape<1, Avx2Step::narrow> {
-    static constexpr int U = 4, S = 4;
-};
-template <>
-struct Avx2Shape<2, Avx2Step::narrow> {
-    static constexpr int U = 2, S = 2;
-};
-template <>
-struct Avx2Shape<4, Avx2Step::narrow> {
-    static constexpr int U = 2, S = 2;
+struct Avx2Shape {
+    static_assert(NW == 1 || NW == 2 || NW == 4, "rows steps come in 64-, 128- and 256-bit widths");
+    static constexpr bool kWide = K == Avx2Step::wide;
+    // 64-bit: 16 vector codes + 10 (wide) or 4 (narrow) scalar; 128/256-bit: 8 vector + 4 or 2 scalar.
+    static constexpr int U = NW == 1 ? 4 : 2;
+    static constexpr int S = NW == 1 ? (kWide ? 10 : 4) : (kWide ? 4 : 2);
 };
 
 // One query: its words broadcast, and its threshold as the step compares it.
