@@ -74,11 +74,15 @@ class ItemImages:
                 return path
         return None
 
-    def image(self, index: int) -> Image.Image:
-        """Item ``index`` decoded to RGB, or ItemNotFound saying why not."""
+    def image(self, index: int, draft: Optional[int] = None) -> Image.Image:
+        """Item ``index`` decoded to RGB, or ItemNotFound saying why not.
+
+        ``draft`` (the model's input size): a JPEG file is decoded as encode decoded it by default
+        (:func:`brcd_cli.data.decode_image`), so searching with a result finds the result's own code.
+        """
         path = self.path_of(index)
         if path is not None:
-            return read_image_file(path)
+            return read_image_file(path, draft)
         item_id = self.collection.item(index).id
         found = self._built_in_item(item_id)
         if found is None:

@@ -26,7 +26,8 @@ class SearchService:
                  use_index: bool = True, roots: Sequence[Path] = (), log: Callable[[str], None] = lambda _: None,
                  exact_decode: bool = False) -> None:
         self.model, fingerprint = load_encoder(model_dir)
-        #: an uploaded JPEG is decoded at the smallest DCT scale that covers the input, as brcd encode does
+        #: an uploaded JPEG (and a served item's file) is decoded at the smallest DCT scale that covers the input,
+        #: as brcd encode and brcd search do; None with --exact-decode
         self.draft = None if exact_decode else self.model.config.image_size
         self.model.eval()
         self.model_dir = Path(model_dir)
@@ -58,7 +59,7 @@ class SearchService:
         if (image is None) == (item is None):
             raise BrcdError("send an image, or name a served item to search with")
         start = time.perf_counter()
-        decoded = decode_image(image, "upload", self.draft) if image is not None else self.images.image(item)
+        decoded = decode_image(image, "upload", self.draft) if image is not None else self.images.image(item, self.draft)
         tensor = to_tensor(decoded, self.model.config.image_size).unsqueeze(0)
         decoded_at = time.perf_counter()
         packed = packed_codes_of_images(self.model, tensor)
