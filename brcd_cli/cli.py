@@ -670,7 +670,8 @@ def bench_encode_cmd(
     decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="cuda: also measure nvJPEG decoding on the GPU"),
     native_crops: int = typer.Option(9, "--native-crops", help="seeded crops per photograph in the set of real pictures at their own sizes (0: the 20 whole ones)"),
     seed: int = typer.Option(0, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of the forward (default: all cores)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of the forward in every row (default: all cores "
+                                          "for the network alone, encode's own choice end to end)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """End-to-end encode of camera-sized JPEGs vs the network alone: images/s, decode/resize/forward split,
@@ -682,7 +683,7 @@ def bench_encode_cmd(
     decodings = ("draft", "exact", "cuda") if decode_device.value == "cuda" else ("draft", "exact")
     config = EncodeBenchConfig(model=model, folder=folder, images=images, distinct=distinct, sizes=parse_sizes(sizes),
                                quality=quality, batch_size=batch_size, workers=workers, decodings=decodings,
-                               native_crops=native_crops, seed=seed)
+                               native_crops=native_crops, seed=seed, threads=threads)
     _print_report(run_encode_bench(config, log=log), format_report, as_json)
 
 

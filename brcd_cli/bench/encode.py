@@ -63,6 +63,7 @@ class EncodeBenchConfig:
     split_images: int = 8
     native_crops: int = NATIVE_CROPS
     seed: int = 0
+    threads: Optional[int] = None  # torch's threads in every row; None: every core, and encode's own choice end to end
 
     def validate(self) -> None:
         from ..data.loader import DECODINGS
@@ -70,6 +71,7 @@ class EncodeBenchConfig:
         for name in ("images", "distinct", "batch_size", "split_images"):
             at_least(name, getattr(self, name), 1)
         at_least("workers", self.workers, 1, optional=True)
+        at_least("threads", self.threads, 1, optional=True)
         at_least("native_crops", self.native_crops, 0)
         within("quality", self.quality, 1, 100)
         if not self.sizes or any(w < 16 or h < 16 for w, h in self.sizes):
@@ -248,14 +250,22 @@ def _split(source: Any, size: int, count: int, decodings: tuple[str, ...], netwo
 
 
 def _end_to_end(folder: Path, model_dir: Path, out: Path, batch_size: int, workers: int, decoding: str,
-                startup: float = 0.0) -> dict[str, Any]:
+                startup: float = 0.0, threads: Optional[int] = None) -> dict[str, Any]:
     """One ``encode_collection`` of the folder: images/s of wall time (all of it, and without the one-off
-    ``startup`` that a long encode amortises), CPU ms per image, the codes file."""
+    ``startup`` that a long encode amortises), CPU ms per image, the codes file, and torch's threads at the end.
+
+    Each row starts from ``threads`` (None: every core) and, without it, lets the stream choose as
+    ``brcd encode`` does, so a row never inherits the count the row before chose."""
+    import torch
+
     from ..data.loader import LoadOptions
     from ..data.sources import folder_source
     from ..pipeline import encode_collection
+    from ..threads import set_threads
 
-    loading = LoadOptions(workers=workers, exact=decoding == "exact", device="cuda" if decoding == "cuda" else "cpu")
+    set_threads(threads)
+    loading = LoadOptions(workers=workers, exact=decoding == "exact", device="cuda" if decoding == "cuda" else "cpu",
+                          tune_threads=threads is None)
     source = folder_source(folder)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = encode_collection(source, model_dir, out, batch_size=batch_size, overwrite=True, log=lambda _: None,
@@ -265,7 +275,7 @@ def _end_to_end(folder: Path, model_dir: Path, out: Path, batch_size: int, worke
             "images_per_s": round(result.count / wall, 2),
             "steady_images_per_s": round(result.count / (wall - startup), 2) if wall > startup else None,
             "cpu_ms_per_image": round(1000 * cpu / result.count, 2),
-            "skipped": len(result.skipped)}
+            "torch_threads": torch.get_num_threads(), "skipped": len(result.skipped)}
 
 
 def _bits_changed(a: Path, b: Path) -> dict[str, float]:
@@ -290,8 +300,10 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
     from ..encoding import packed_codes_of_images
     from ..models import load_encoder
     from ..models.checkpoint import read_config
+    from ..threads import set_threads
 
     config.validate()
+    set_threads(config.threads)
     for decoding in config.decodings:
         LoadOptions(device="cuda" if decoding == "cuda" else "cpu").decoder()  # refuse cuda without a GPU up front
     folder = make_folder(config, log)
@@ -312,6 +324,7 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
     startup = time.perf_counter() - started
 
     log("measuring the network alone")
+    network_threads = torch.get_num_threads()
     network = _network_only(model, decoded.repeat(max(1, 256 // max(1, len(decoded))), 1, 1, 1), config.batch_size)
     startup = max(0.0, startup - WARM_FORWARDS * min(config.batch_size, len(decoded)) / network)
     log("measuring decode / resize per image")
@@ -323,13 +336,15 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         for count in (0, workers):
             log(f"encoding the folder: {decoding} decoding, {count or 'no'} workers")
             files[count] = work / f"{decoding}-{count}.codes"
-            rows.append(_end_to_end(folder, model_dir, files[count], config.batch_size, count, decoding, startup))
+            rows.append(_end_to_end(folder, model_dir, files[count], config.batch_size, count, decoding, startup,
+                                    config.threads))
         identical[decoding] = files[0].read_bytes() == files[workers].read_bytes()
     moved: dict[str, dict[str, Any]] = {}
     if {"draft", "exact"} <= set(config.decodings):
         native = native_folder(work, config.quality, config.native_crops, config.seed)
         for decoding in ("draft", "exact"):
-            _end_to_end(native, model_dir, work / f"native-{decoding}.codes", config.batch_size, workers, decoding)
+            _end_to_end(native, model_dir, work / f"native-{decoding}.codes", config.batch_size, workers, decoding,
+                        threads=config.threads)
         moved["draft_vs_exact"] = {
             "bench_folder": _bits_changed(work / "draft-0.codes", work / "exact-0.codes"),
             "native_photographs": _bits_changed(work / "native-draft.codes", work / "native-exact.codes"),
@@ -343,7 +358,7 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         "pretrained": model_config.pretrained, "folder": str(folder), "images": len(source),
         "distinct": config.distinct, "sizes": ["%dx%d" % s for s in config.sizes], "quality": config.quality,
         "file_mb": {"min": round(sizes[0] / 1e6, 2), "max": round(sizes[-1] / 1e6, 2)},
-        "batch_size": config.batch_size, "workers": workers, "torch_threads": torch.get_num_threads(),
+        "batch_size": config.batch_size, "workers": workers, "torch_threads": network_threads,
         "network_images_per_s": round(network, 1), "split_ms": {d: {k: round(v, 2) for k, v in s.items()} for d, s in split.items()},
         "end_to_end": rows, "parallel_identical_to_serial": identical, "codes_moved": moved,
         "startup_s": round(startup, 3),
@@ -364,7 +379,8 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"{report['file_mb']['min']}-{report['file_mb']['max']} MB) in {report['folder']}",
         f"model {report['model']} ({report['arch']} at {report['image_size']} px, {report['bits']} bits, "
         f"weights: {report['pretrained']}); {report['cpu']}, {report['cores']} cores, load {report['load_average'][0]}",
-        f"network only          {report['network_images_per_s']:8.1f} images/s (batches of {report['batch_size']})",
+        f"network only          {report['network_images_per_s']:8.1f} images/s (batches of {report['batch_size']}, "
+        f"{report['torch_threads']} threads)",
     ]
     for decoding, s in report["split_ms"].items():
         lines.append(f"per image, {decoding:6s}     decode {s['decode_ms']:.1f} ms  resize {s['resize_ms']:.2f} ms "
@@ -375,7 +391,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
         who = f"{row['workers']} workers" if row["workers"] else "serial"
         steady = f"{row['steady_images_per_s']:.1f}" if row["steady_images_per_s"] else "-"
         lines.append(f"  {row['decoding']:6s} {who:10s} {row['images_per_s']:8.1f} images/s (steady {steady})  "
-                     f"{row['cpu_ms_per_image']:.1f} ms CPU per image")
+                     f"{row['cpu_ms_per_image']:.1f} ms CPU per image  forward threads {row['torch_threads']}")
     lines.append("parallel == serial (bytes): " + ", ".join(f"{d} {'yes' if ok else 'NO'}"
                                                           for d, ok in report["parallel_identical_to_serial"].items()))
     for pair, places in report["codes_moved"].items():
