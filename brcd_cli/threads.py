@@ -16,12 +16,10 @@ from typing import Optional
 
 def process_cores() -> int:
     """The cores this process may use, shared fairly among the processes torchrun starts on this machine."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    from .kernels import default_threads  # the cores of this process's affinity mask
+
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, cores // local)
+    return max(1, default_threads() // local)
 
 
 def set_threads(threads: Optional[int]) -> None:

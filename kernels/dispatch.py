@@ -68,7 +68,7 @@ def default_threads() -> int:
     """CPU cores this process may run on (its affinity mask), the default thread count."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+    except (AttributeError, OSError):  # pragma: no cover - platforms without sched_getaffinity
         return max(1, os.cpu_count() or 1)
 
 
