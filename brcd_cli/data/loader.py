@@ -265,10 +265,9 @@ DECODINGS: dict[str, Callable[[], Decoder]] = {
 
 def default_workers() -> int:
     """One decode worker per core this process may use: decoding is the bulk of the work."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    from ..kernels import default_threads  # the cores of this process's affinity mask
+
+    return default_threads()
 
 
 @dataclass(frozen=True)
@@ -413,16 +412,22 @@ class BatchStream:
             pool.shutdown(wait=True)
 
     def _prepare(self, index: int) -> Any:
+        if not self.options.tune_threads:
+            return self._decode(index)
         started = time.thread_time()  # this thread's CPU only: what decoding costs, whatever else runs on the machine
         try:
-            return self.decoder.prepare(self.source, index, self.size)
-        except DataError as exc:
-            return exc
+            return self._decode(index)
         finally:
             spent = time.thread_time() - started
             with self._lock:
                 self._decoding[0] += spent
                 self._decoding[1] += 1
+
+    def _decode(self, index: int) -> Any:
+        try:
+            return self.decoder.prepare(self.source, index, self.size)
+        except DataError as exc:
+            return exc
 
     def _finish_when_ready(self, chunk: np.ndarray, futures: list[Future]) -> Batch:
         return self._finish(chunk, [f.result() for f in futures])
