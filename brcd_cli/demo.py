@@ -36,7 +36,7 @@ from .models import HashModel
 from .options import positive
 from .pipeline import encode_collection, search_image
 from .training import DistillOptions, FitOptions, TeacherOptions, distill, train_teacher
-from .training.feature_cache import default_cache_root
+from .training.feature_cache import cache_root
 
 DEMO_FILE = "demo.json"
 
@@ -189,7 +189,7 @@ def run_demo(out: Path, budget: float = 1.0, seed: int = 0, data: str = "photos"
         log(f"[4/{steps}] classic floors on the teacher's frozen features: {', '.join(setting.floors)}")
         for method in setting.floors:
             floors[method] = train_teacher(source, out / method, TeacherOptions(
-                bits=setting.bits, seed=seed, method=method, cache_dir=default_cache_root() or out / "teacher" / "feature-cache",
+                bits=setting.bits, seed=seed, method=method, cache_dir=cache_root(None, out / "teacher"),
                 **{k: v for k, v in setting.teacher.items() if k != "cache_views"}), force=True, log=log).model
 
     log(f"[{steps - 1}/{steps}] evaluating on the held-out test queries")

@@ -40,7 +40,7 @@ from ..models import HashModel, code_space_of, load_model, save_model, sign_code
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
 from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, recorded_seed, resolve_arch, write_run_record
-from .feature_cache import CachedValidator, FeatureCache, ViewSet, build_or_open, default_cache_root, split_head, teacher_outputs
+from .feature_cache import CachedValidator, FeatureCache, ViewSet, build_or_open, cache_root, split_head, teacher_outputs
 from .loop import FitOptions, fit
 from .teacher import TrainedModel, uses_cache
 
@@ -240,7 +240,7 @@ def distill(
     )
     cached: Optional[CachedViews] = None
     if uses_cache(options.feature_cache, model, "student"):
-        root = options.cache_dir or default_cache_root() or Path(teacher_dir) / "feature-cache"
+        root = cache_root(options.cache_dir, teacher_dir)
         view_images = images if teacher.config.image_size == size else preload(source, split.train, teacher.config.image_size)
         view_set = ViewSet.of(view_images, split.train, augment, options.cache_views, split_seed)
         cached = CachedViews(teacher=build_or_open(root, teacher, view_set, view_images, log=log),

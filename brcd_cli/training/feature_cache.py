@@ -207,6 +207,12 @@ def default_cache_root() -> Optional[Path]:
     return Path(root) if root else None
 
 
+def cache_root(explicit: Optional[Path], owner: Path) -> Path:
+    """Where a run keeps its caches: the folder it was given, else ``BRCD_CACHE_DIR``, else ``OWNER/feature-cache``
+    (the teacher's folder, so that its students and floors find the caches it built)."""
+    return Path(explicit) if explicit else default_cache_root() or Path(owner) / "feature-cache"
+
+
 def build_or_open(
     root: Path,
     model: HashModel,

@@ -29,7 +29,7 @@ from ..losses import CIBHashLoss
 from ..models import HashModel, save_model
 from ..options import TEACHER_METHODS, at_least, check_model_options, one_of, positive
 from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, resolve_arch, write_run_record
-from .feature_cache import (CachedValidator, FeatureCache, ViewSet, build_or_open, clean_features_of, default_cache_root,
+from .feature_cache import (CachedValidator, FeatureCache, ViewSet, build_or_open, cache_root, clean_features_of,
                             find_clean_features)
 from .loop import FitOptions, FitResult, fit
 
@@ -125,7 +125,7 @@ def train_teacher(
         result = _fit_closed_form(model, source, split, images, options, out_dir, log)
     else:
         if uses_cache(options.feature_cache, model, "teacher"):
-            root = options.cache_dir or default_cache_root() or out_dir / "feature-cache"
+            root = cache_root(options.cache_dir, out_dir)
             view_set = ViewSet.of(images, split.train, augment, options.cache_views, options.seed)
             cache = build_or_open(root, model, view_set, images, log=log)
         result = _fit_cibhash(model, source, split, images, augment, cache, options, out_dir, resume, log)
@@ -179,7 +179,7 @@ def _fit_closed_form(model: HashModel, source: ImageSource, split: Split, images
     from .classic import CLASSIC_METHODS
 
     t0 = time.monotonic()
-    root = options.cache_dir or default_cache_root() or out_dir / "feature-cache"
+    root = cache_root(options.cache_dir, out_dir)
     features = find_clean_features(root, model, images)
     if features is None:
         features = clean_features_of(model, images)
