@@ -677,9 +677,7 @@ def bench_encode_cmd(
     """End-to-end encode of camera-sized JPEGs vs the network alone: images/s, decode/resize/forward split,
     serial vs parallel, draft vs exact decoding (and how many bits the draft moves), in one run."""
     from .bench.encode import EncodeBenchConfig, format_report, parse_sizes, run_encode_bench
-    from .threads import set_threads
 
-    set_threads(threads)
     decodings = ("draft", "exact", "cuda") if decode_device.value == "cuda" else ("draft", "exact")
     config = EncodeBenchConfig(model=model, folder=folder, images=images, distinct=distinct, sizes=parse_sizes(sizes),
                                quality=quality, batch_size=batch_size, workers=workers, decodings=decodings,

@@ -175,6 +175,11 @@ def default_model(work: Path, log: Callable[[str], None]) -> Path:
     return folder
 
 
+def _times(t0: float, t1: float, t2: float) -> dict[str, float]:
+    """A side's seconds from three clock readings: hashing the files (t0..t1), finding the pairs (t1..t2), both."""
+    return {"encode_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3), "seconds": round(t2 - t0, 3)}
+
+
 def _brcd(data: NearDuplicateSet, model: Path, work: Path, radii: tuple[int, ...],
           log: Callable[[str], None], out_name: str = "bench.codes") -> dict[str, Any]:
     """One brcd side, learned model or perceptual hasher alike: encode the folder, find the pairs, score the sweep."""
@@ -193,8 +198,7 @@ def _brcd(data: NearDuplicateSet, model: Path, work: Path, radii: tuple[int, ...
         names = [Path(i).name for i in codes.ids]
     found = [(frozenset((names[a], names[b])), int(d)) for (a, b), d in zip(report.pairs.tolist(), report.pair_distances)]
     sweep = {r: scores({p for p, d in found if d <= r}, data.truth) for r in radii}
-    return {"encode_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3), "seconds": round(t2 - t0, 3),
-            "sweep": sweep}
+    return {**_times(t0, t1, t2), "sweep": sweep}
 
 
 def _quiet_imagededup() -> None:
@@ -218,8 +222,7 @@ def _imagededup_phash(data: NearDuplicateSet, radii: tuple[int, ...]) -> dict[st
     t2 = time.perf_counter()
     pairs = {frozenset((a, b)): int(d) for a, hits in found.items() for b, d in hits}
     sweep = {r: scores({p for p, d in pairs.items() if d <= r}, data.truth) for r in radii}
-    return {"encode_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3), "seconds": round(t2 - t0, 3),
-            "sweep": sweep}
+    return {**_times(t0, t1, t2), "sweep": sweep}
 
 
 def _imagededup_cnn(data: NearDuplicateSet) -> dict[str, Any]:
@@ -242,8 +245,7 @@ def _imagededup_cnn(data: NearDuplicateSet) -> dict[str, Any]:
     pairs = {frozenset((a, b)): float(s) for a, hits in found.items() for b, s in hits}
     thresholds = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
     sweep = {t: scores({p for p, s in pairs.items() if s >= t}, data.truth) for t in thresholds}
-    return {"available": True, "encode_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3),
-            "seconds": round(t2 - t0, 3), "sweep": sweep}
+    return {"available": True, **_times(t0, t1, t2), "sweep": sweep}
 
 
 def _perceptual(data: NearDuplicateSet, name: str, work: Path, radii: tuple[int, ...],
