@@ -61,6 +61,17 @@ if Pybind11Extension is not None:
             extra_compile_args=["-O3"],
         )
     )
+    # JPEG straight to 1/8 scale (the draft decode of encode, search and serve); Pillow decodes
+    # whatever it declines, and everything when it is not built.
+    ext_modules.append(
+        Pybind11Extension(
+            "brcd_cli._jpeg_cpu",
+            ["csrc/jpeg_cpu.cpp"],
+            depends=["csrc/jpeg_eighth.h"],
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        )
+    )
 else:
     print("brcd: pybind11 missing at build time; native CPU kernels skipped", file=sys.stderr)
 

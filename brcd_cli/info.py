@@ -34,10 +34,18 @@ def collect_info() -> dict[str, Any]:
         "kernel_backends": kernels.available_backends(),
         "kernel_backend_in_use": _active(dispatch.REGISTRY),
         **_simd_info(),
+        "jpeg_draft_decoder": _jpeg_info(),
         **_gpu_info(),
         **_registry_info(),
         "pretrained_offline": _offline_info(),
     }
+
+
+def _jpeg_info() -> str:
+    """Which decoder turns a JPEG into its 1/8-scale draft (BRCD_JPEG_DECODER chooses it): it sets encode's speed."""
+    from .data import jpeg_eighth
+
+    return jpeg_eighth.status()
 
 
 def _offline_info() -> list[dict[str, Any]]:

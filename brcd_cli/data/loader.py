@@ -128,7 +128,8 @@ class Decoder(Protocol):
 
 @dataclass(frozen=True)
 class PillowDecoder:
-    """Pillow on the CPU: a JPEG at the smallest DCT scale that covers the input (``draft``), or every pixel."""
+    """Pillow on the CPU: a JPEG at the smallest DCT scale that covers the input (``draft``; at 1/8 scale brcd's
+    own decoder gives Pillow's pixels sooner, :mod:`.jpeg_eighth`), or every pixel."""
 
     name: str
     draft: bool
@@ -307,7 +308,12 @@ class LoadOptions:
         return default_workers() if self.workers is None else self.workers
 
     def decoder(self) -> Decoder:
-        """A decoder for these options; one clear error where it cannot run here (cuda without a GPU)."""
+        """A decoder for these options; one clear error where it cannot run here (cuda without a GPU, or a
+        ``BRCD_JPEG_DECODER`` it does not know), before any image is read."""
+        if self.decoding == "draft":
+            from .jpeg_eighth import choice
+
+            choice()
         return DECODINGS[self.decoding]()
 
 

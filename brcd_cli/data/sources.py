@@ -158,9 +158,13 @@ def decode_image(data: Union[Path, bytes], name: str, draft: Optional[int] = Non
                 )
             target = DRAFT_MARGIN * draft if draft else 0
             drafted = im.draft(None, (target, target)) if draft else None  # None for formats without DCT scaling
-            im.load()
+            eighth = _eighth_scale(im, data) if drafted is not None else None
+            if eighth is None:
+                im.load()
             if drafted is not None:
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+                if eighth is not None:
+                    im = eighth
                 im.info[DRAFT_BOX] = _oriented_box(drafted[1], im.size, orientation)
             im = ImageOps.exif_transpose(im)
             if im.mode == "P":
@@ -174,6 +178,30 @@ def decode_image(data: Union[Path, bytes], name: str, draft: Optional[int] = Non
         raise DataError(f"cannot read image {name}: not an image Pillow can decode") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"cannot read image {name}: {exc}") from None
+
+
+def _eighth_scale(im: Image.Image, data: Union[Path, bytes]) -> Optional[Image.Image]:
+    """The drafted JPEG ``im`` decoded by the native 1/8-scale decoder (:mod:`.jpeg_eighth`), or None where
+    Pillow is to decode it: another scale, another format or mode, the decoder off, or a file it declines.
+    The result is Pillow's draft pixel for pixel and carries ``im``'s metadata (EXIF orientation included)."""
+    from . import jpeg_eighth
+
+    config = getattr(im, "decoderconfig", None)
+    if im.format not in ("JPEG", "MPO") or im.mode not in ("L", "RGB") or not config or config[0] != 8:
+        return None
+    if not jpeg_eighth.enabled():
+        return None
+    if isinstance(data, bytes):
+        raw = data
+    else:
+        im.fp.seek(0)
+        raw = im.fp.read()
+    pixels, _ = jpeg_eighth.decode(raw)
+    if pixels is None or pixels.shape[:2] != (im.size[1], im.size[0]) or (pixels.ndim == 3) != (im.mode == "RGB"):
+        return None
+    out = Image.fromarray(pixels)  # (H, W) is L, (H, W, 3) RGB
+    out.info = dict(im.info)
+    return out
 
 
 def _oriented_box(box: tuple[float, float, float, float], size: tuple[int, int],
