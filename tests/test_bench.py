@@ -154,6 +154,7 @@ def test_same_seed_same_codes() -> None:
 
 def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from brcd_cli.bench.encode import EncodeBenchConfig, make_folder, run_encode_bench
+    from brcd_cli.data import jpeg_eighth
     from brcd_cli.data import synthetic_source
     from brcd_cli.training import FitOptions, TeacherOptions, train_teacher
     from conftest import TINY_ARCH
@@ -165,12 +166,16 @@ def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, cap
     config = EncodeBenchConfig(model=model, folder=tmp_path / "jpegs", images=7, distinct=3,
                                sizes=((640, 480), (360, 480)), batch_size=4, workers=2, split_images=2, native_crops=0)
     report = run_encode_bench(config)
+    # with brcd's own 1/8-scale decoder on, the draft is measured again with Pillow decoding every JPEG
+    decodings = {"draft", "draft-pillow", "exact"} if jpeg_eighth.enabled() else {"draft", "exact"}
     assert report["images"] == 7 and report["network_images_per_s"] > 0
-    assert set(report["split_ms"]) == {"draft", "exact"} and report["split_ms"]["draft"]["decode_ms"] > 0
+    assert set(report["split_ms"]) == decodings and report["split_ms"]["draft"]["decode_ms"] > 0
     rows = {(r["decoding"], r["workers"]): r for r in report["end_to_end"]}
-    assert set(rows) == {("draft", 0), ("draft", 2), ("exact", 0), ("exact", 2)}
+    assert set(rows) == {(d, w) for d in decodings for w in (0, 2)}
     assert all(r["images"] == 7 and r["skipped"] == 0 and r["images_per_s"] > 0 for r in rows.values())
-    assert report["parallel_identical_to_serial"] == {"draft": True, "exact": True}
+    assert report["parallel_identical_to_serial"] == dict.fromkeys(decodings, True)
+    assert report["native_draft_identical_to_pillow"] is (True if jpeg_eighth.enabled() else None)
+    assert report["jpeg_decoder"] == jpeg_eighth.status()
     moved = report["codes_moved"]["draft_vs_exact"]
     assert moved["bench_folder"]["codes"] == 7 and moved["native_photographs"]["codes"] == 20
     assert 0 <= moved["bench_folder"]["mean_bits_changed"] <= moved["bench_folder"]["max_bits_changed"] <= 16
@@ -183,6 +188,6 @@ def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, cap
                               "--images", "7", "--distinct", "3", "--sizes", "640x480,360x480", "--batch-size", "4",
                               "--workers", "2", "--native-crops", "0", "--json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["parallel_identical_to_serial"] == {"draft": True, "exact": True}
+    assert json.loads(out)["parallel_identical_to_serial"] == dict.fromkeys(decodings, True)
     code, _, err = run_cli(["bench", "encode", "--sizes", "640by480"], capsys)
     assert code == 1 and "WIDTHxHEIGHT" in err.strip().splitlines()[-1]

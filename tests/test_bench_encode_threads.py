@@ -37,7 +37,7 @@ def test_given_threads_hold_in_every_row(model: Path, tmp_path_factory, threads:
     finally:
         torch.set_num_threads(before)
     assert report["torch_threads"] == threads
-    assert [r["torch_threads"] for r in report["end_to_end"]] == [threads, threads]
+    assert [r["torch_threads"] for r in report["end_to_end"]] == [threads] * len(report["end_to_end"]) != []
     assert all(f"forward threads {threads}" in line for line in format_report(report) if "images/s (steady" in line)
 
 

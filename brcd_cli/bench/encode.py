@@ -15,6 +15,9 @@ one run and on the same files:
 * end to end: ``encode_collection`` of the folder for each decoding, serial
   (``workers=0``) and parallel, in images/s of wall time and CPU time per
   image (the CPU time is what a machine shared with other work cannot hide);
+* the draft decoding twice where brcd's own 1/8-scale JPEG decoder is on:
+  with it (``draft``) and with Pillow decoding every file (``draft-pillow``),
+  whose codes files must be byte-identical (it decodes Pillow's pixels);
 * whether each decoding's parallel codes file is byte-identical to its serial
   one, and how far the draft decoding's codes are from the exact one's (bits
   changed per code), on this folder and on 200 real pictures at their own
@@ -229,23 +232,53 @@ def _network_only(model: Any, images: "torch.Tensor", batch_size: int) -> float:
     return images.shape[0] / best
 
 
+#: The draft decoding again with Pillow decoding every JPEG, beside brcd's own 1/8-scale decoder
+#: (data/jpeg_eighth.py): same pixels, so the same codes file byte for byte, and the difference is speed.
+PILLOW_DRAFT = "draft-pillow"
+
+
+def _rows_of(decodings: tuple[str, ...]) -> tuple[str, ...]:
+    """The decodings measured: ``draft-pillow`` follows ``draft`` where the native decoder is on."""
+    from ..data import jpeg_eighth
+
+    out: list[str] = []
+    for decoding in decodings:
+        out.append(decoding)
+        if decoding == "draft" and jpeg_eighth.enabled():
+            out.append(PILLOW_DRAFT)
+    return tuple(out)
+
+
+def _as_decoding(decoding: str) -> tuple[str, Any]:
+    """(the loader's decoding, a context that holds the JPEG decoder it needs) for a bench row."""
+    from contextlib import nullcontext
+
+    from ..data import jpeg_eighth
+
+    if decoding == PILLOW_DRAFT:
+        return "draft", jpeg_eighth.forced("pillow")
+    return decoding, nullcontext()
+
+
 def _split(source: Any, size: int, count: int, decodings: tuple[str, ...], network: float) -> dict[str, dict[str, float]]:
     """Per image: milliseconds to decode and to resize and crop (one thread), and the forward's share of a batch."""
     from ..data.loader import to_tensor
 
     out: dict[str, dict[str, float]] = {}
-    for decoding in decodings:
+    for row in decodings:
+        decoding, held = _as_decoding(row)
         if decoding == "cuda":
             continue  # decoded and resized in one batched call on the device: no per-image split
         decode = resize = 0.0
-        for i in range(count):
-            t0 = time.perf_counter()
-            image = source.load(i, draft=size if decoding == "draft" else None)
-            t1 = time.perf_counter()
-            to_tensor(image, size)
-            decode, resize = decode + t1 - t0, resize + time.perf_counter() - t1
-        out[decoding] = {"decode_ms": 1000 * decode / count, "resize_ms": 1000 * resize / count,
-                         "forward_ms": 1000 / network}
+        with held:
+            for i in range(count):
+                t0 = time.perf_counter()
+                image = source.load(i, draft=size if decoding == "draft" else None)
+                t1 = time.perf_counter()
+                to_tensor(image, size)
+                decode, resize = decode + t1 - t0, resize + time.perf_counter() - t1
+        out[row] = {"decode_ms": 1000 * decode / count, "resize_ms": 1000 * resize / count,
+                    "forward_ms": 1000 / network}
     return out
 
 
@@ -263,15 +296,18 @@ def _end_to_end(folder: Path, model_dir: Path, out: Path, batch_size: int, worke
     from ..pipeline import encode_collection
     from ..threads import set_threads
 
+    row = decoding
+    decoding, held = _as_decoding(row)
     set_threads(threads)
     loading = LoadOptions(workers=workers, exact=decoding == "exact", device="cuda" if decoding == "cuda" else "cpu",
                           tune_threads=threads is None)
     source = folder_source(folder)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = encode_collection(source, model_dir, out, batch_size=batch_size, overwrite=True, log=lambda _: None,
-                               loading=loading)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return {"decoding": decoding, "workers": workers, "images": result.count, "seconds": round(wall, 3),
+    with held:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        result = encode_collection(source, model_dir, out, batch_size=batch_size, overwrite=True, log=lambda _: None,
+                                   loading=loading)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {"decoding": row, "workers": workers, "images": result.count, "seconds": round(wall, 3),
             "images_per_s": round(result.count / wall, 2),
             "steady_images_per_s": round(result.count / (wall - startup), 2) if wall > startup else None,
             "cpu_ms_per_image": round(1000 * cpu / result.count, 2),
@@ -328,10 +364,11 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
     network = _network_only(model, decoded.repeat(max(1, 256 // max(1, len(decoded))), 1, 1, 1), config.batch_size)
     startup = max(0.0, startup - WARM_FORWARDS * min(config.batch_size, len(decoded)) / network)
     log("measuring decode / resize per image")
-    split = _split(source, size, min(config.split_images, len(source)), config.decodings, network)
+    measured = _rows_of(config.decodings)
+    split = _split(source, size, min(config.split_images, len(source)), measured, network)
 
     rows, identical = [], {}
-    for decoding in config.decodings:
+    for decoding in measured:
         files = {}
         for count in (0, workers):
             log(f"encoding the folder: {decoding} decoding, {count or 'no'} workers")
@@ -351,6 +388,9 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         }
     if {"cuda", "exact"} <= set(config.decodings):  # nvJPEG and the GPU's resize against Pillow's exact decode
         moved["cuda_vs_exact"] = {"bench_folder": _bits_changed(work / "cuda-0.codes", work / "exact-0.codes")}
+    native_is_pillow = None
+    if PILLOW_DRAFT in measured:  # the native decoder's codes against Pillow's, same decoding
+        native_is_pillow = (work / "draft-0.codes").read_bytes() == (work / f"{PILLOW_DRAFT}-0.codes").read_bytes()
 
     sizes = sorted({p.stat().st_size for p in folder.glob("*.jpg")})
     return {
@@ -361,9 +401,16 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         "batch_size": config.batch_size, "workers": workers, "torch_threads": network_threads,
         "network_images_per_s": round(network, 1), "split_ms": {d: {k: round(v, 2) for k, v in s.items()} for d, s in split.items()},
         "end_to_end": rows, "parallel_identical_to_serial": identical, "codes_moved": moved,
+        "jpeg_decoder": _jpeg_decoder(), "native_draft_identical_to_pillow": native_is_pillow,
         "startup_s": round(startup, 3),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def _jpeg_decoder() -> str:
+    from ..data import jpeg_eighth
+
+    return jpeg_eighth.status()
 
 
 def _cpu_name() -> str:
@@ -383,17 +430,21 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"{report['torch_threads']} threads)",
     ]
     for decoding, s in report["split_ms"].items():
-        lines.append(f"per image, {decoding:6s}     decode {s['decode_ms']:.1f} ms  resize {s['resize_ms']:.2f} ms "
+        lines.append(f"per image, {decoding:12s} decode {s['decode_ms']:.1f} ms  resize {s['resize_ms']:.2f} ms "
                      f"(one thread)  forward {s['forward_ms']:.2f} ms (its share of a batch)")
     lines.append(f"end to end: brcd encode of the folder; steady: less the one-off start "
                  f"(loading the model and the extra time of its first forwards, {report['startup_s']:.2f} s)")
     for row in report["end_to_end"]:
         who = f"{row['workers']} workers" if row["workers"] else "serial"
         steady = f"{row['steady_images_per_s']:.1f}" if row["steady_images_per_s"] else "-"
-        lines.append(f"  {row['decoding']:6s} {who:10s} {row['images_per_s']:8.1f} images/s (steady {steady})  "
+        lines.append(f"  {row['decoding']:12s} {who:10s} {row['images_per_s']:8.1f} images/s (steady {steady})  "
                      f"{row['cpu_ms_per_image']:.1f} ms CPU per image  forward threads {row['torch_threads']}")
     lines.append("parallel == serial (bytes): " + ", ".join(f"{d} {'yes' if ok else 'NO'}"
                                                           for d, ok in report["parallel_identical_to_serial"].items()))
+    lines.append(f"JPEG draft decoder: {report['jpeg_decoder']}")
+    if report.get("native_draft_identical_to_pillow") is not None:
+        same = "yes" if report["native_draft_identical_to_pillow"] else "NO"
+        lines.append(f"draft codes, native decoder == Pillow (bytes): {same}")
     for pair, places in report["codes_moved"].items():
         for where, m in places.items():
             label = f"{pair.replace('_vs_', ' vs ')} codes, {where.replace('_', ' ')}"
