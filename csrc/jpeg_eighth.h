@@ -349,20 +349,41 @@ BRCD_INLINE bool skip_ac(Bits& b, const Huffman& t) {
     }
 }
 
-// AC coefficients kept, in natural order (libjpeg's loop exactly).
-// `spread` gets the OR of |v| - (v < 0) over the values stored, at least max |v| - 1: a bound on
-// every coefficient that costs two operations beside the bit-stream chain.
-BRCD_INLINE bool read_ac(Bits& b, const Huffman& t, int16_t* block, int& spread) {
-    int any = 0;
+// A block whose coefficients are kept, dequantised as they are read (the products libjpeg-turbo
+// forms, exact in 32 bits), plus what the 2x2 IDCT wants to know without looking at all 64:
+// which columns hold anything, and a cheap bound on every magnitude. Only the entries written
+// are cleared afterwards; a chroma block holds a handful.
+struct KeptBlock {
+    int32_t dq[64] = {};
+    uint8_t written[64] = {};
+    int count = 0;
+    int columns = 0;  // bit c: column c holds a nonzero term
+    int spread = 0;   // OR of |v| - (v < 0): at least the largest magnitude less one
+
+    BRCD_INLINE void put(int natural, int value, const uint16_t* q) {
+        const int v = value * static_cast<int16_t>(q[natural]);
+        dq[natural] = v;
+        written[count++ & 63] = static_cast<uint8_t>(natural);
+        columns |= 1 << (natural & 7);
+        spread |= v ^ (v >> 31);
+    }
+    BRCD_INLINE void clear() {
+        for (int i = 0; i < count && i < 64; i++) dq[written[i]] = 0;
+        dq[0] = 0;
+        count = columns = spread = 0;
+    }
+};
+
+// AC coefficients kept (libjpeg's loop exactly); a later one at the same place replaces an earlier
+// one, as in libjpeg's block.
+BRCD_INLINE bool read_ac(Bits& b, const Huffman& t, const uint16_t* q, KeptBlock& block) {
     for (int k = 1; k < 64; k++) {
         b.refill();
         const int32_t f = t.fast_value[b.peek(FAST_BITS)];
         if (__builtin_expect(f & 0xFF, 1)) {  // code and magnitude in one lookup
             b.drop(f & 0xFF);
             k += (f >> 8) & 15;
-            const int v = f >> 16;
-            any |= v ^ (v >> 31);
-            block[kNatural[k]] = static_cast<int16_t>(v);
+            block.put(kNatural[k], f >> 16, q);
             continue;
         }
         const int rs = decode(b, t);
@@ -370,15 +391,12 @@ BRCD_INLINE bool read_ac(Bits& b, const Huffman& t, int16_t* block, int& spread)
         const int r = rs >> 4, s = rs & 15;
         if (s) {
             k += r;
-            const int v = static_cast<int16_t>(extend(b.get(s), s));
-            any |= v ^ (v >> 31);
-            block[kNatural[k]] = static_cast<int16_t>(v);
+            block.put(kNatural[k], static_cast<int16_t>(extend(b.get(s), s)), q);
         } else {
             if (r != 15) break;
             k += 15;
         }
     }
-    spread = any;
     return true;
 }
 
@@ -388,25 +406,20 @@ BRCD_INLINE bool read_ac(Bits& b, const Huffman& t, int16_t* block, int& spread)
 // it; on valid data none of that ever bites, and all of them give these values. Where a corrupt
 // block would make them differ, this returns false and the decoder declines, so the answer never
 // depends on which libjpeg-turbo build the caller compares with.
-__attribute__((noinline)) static bool idct_2x2_checked(const int16_t* in, const uint16_t* q, uint8_t* out, int stride) {
+__attribute__((noinline)) static bool idct_2x2_checked(const int32_t* dq, uint8_t* out, int stride) {
     constexpr int64_t c7 = 5906, c5 = 6967, c3 = 10426, c1 = 29692;  // FIX(0.720959822) ...
     constexpr int64_t i16 = 32767, i32 = 2147483647;
     bool tame = true;
     auto within = [&](int64_t v, int64_t bound) { tame &= (v >= -bound - 1) & (v <= bound); };
     int64_t ws[16];
     for (int col : {0, 1, 3, 5, 7}) {
-        auto dq = [&](int row) {
-            const int64_t v = static_cast<int64_t>(static_cast<int>(in[row * 8 + col]) * static_cast<int16_t>(q[row * 8 + col]));
+        auto d = [&](int row) {
+            const int64_t v = dq[row * 8 + col];
             within(v, i16);
             return v;
         };
-        if ((in[8 + col] | in[24 + col] | in[40 + col] | in[56 + col]) == 0) {  // the same values, sooner
-            ws[col] = ws[8 + col] = dq(0) * 4;
-            within(ws[col], i16);
-            continue;
-        }
-        const int64_t t10 = dq(0) * (int64_t(1) << 15);
-        const int64_t t0 = dq(7) * -c7 + dq(5) * c5 + dq(3) * -c3 + dq(1) * c1;
+        const int64_t t10 = d(0) * (int64_t(1) << 15);
+        const int64_t t0 = d(7) * -c7 + d(5) * c5 + d(3) * -c3 + d(1) * c1;
         within(t10 + t0 + (int64_t(1) << 12), i32);
         within(t10 - t0 + (int64_t(1) << 12), i32);
         ws[col] = (t10 + t0 + (int64_t(1) << 12)) >> 13;
@@ -429,35 +442,28 @@ __attribute__((noinline)) static bool idct_2x2_checked(const int16_t* in, const 
     return tame;
 }
 
-// The common case: every coefficient it reads dequantises to at most 2047 in magnitude (valid
-// data keeps them near 1024 and below), so no sum can reach 2^31 and no first-pass value 2^15
-// (bounds in the comments); 32-bit arithmetic is then exact and only the result's range is left
-// to check. Anything larger takes idct_2x2_checked.
-// `spread` and `q_ac` (the largest quantiser it reads but DC's) bound the AC terms at no cost
-// here; only when that bound is too loose is each term checked.
-BRCD_INLINE bool idct_2x2(const int16_t* in, const uint16_t* q, int q_ac, int spread, uint8_t* out, int stride) {
+// The common case: every term it reads is at most 2047 in magnitude (valid data keeps them near
+// 1024 and below; the block's spread bounds them for free), so no sum can reach 2^31 and no
+// first-pass value 2^15 (bounds in the comments); 32-bit arithmetic is then exact and only the
+// result's range is left to check. Anything larger takes idct_2x2_checked. Columns the block
+// leaves empty give zeros in the first pass, and are not computed.
+BRCD_INLINE bool idct_2x2(const KeptBlock& block, uint8_t* out, int stride) {
     constexpr int c7 = 5906, c5 = 6967, c3 = 10426, c1 = 29692;
-    constexpr int kRows[5] = {0, 1, 3, 5, 7};
-    int d[5][5];  // d[row][col], rows and columns 0, 1, 3, 5, 7
-    for (int r = 0; r < 5; r++)
-        for (int c = 0; c < 5; c++) {
-            const int i = kRows[r] * 8 + kRows[c];
-            d[r][c] = static_cast<int>(in[i]) * static_cast<int16_t>(q[i]);
-        }
-    const int dc = d[0][0] < 0 ? -d[0][0] : d[0][0];
-    if (__builtin_expect(dc > 2047 || (spread + 1) * q_ac > 2047, 0)) {
+    const int32_t* dq = block.dq;
+    if (__builtin_expect(block.spread > 2046, 0)) {
         int worst = 0;
-        for (int r = 0; r < 5; r++)
-            for (int c = 0; c < 5; c++) {
-                const int m = d[r][c] < 0 ? -d[r][c] : d[r][c];
+        for (int r : {0, 1, 3, 5, 7})
+            for (int c : {0, 1, 3, 5, 7}) {
+                const int m = dq[r * 8 + c] < 0 ? -dq[r * 8 + c] : dq[r * 8 + c];
                 worst = m > worst ? m : worst;
             }
-        if (worst > 2047) return idct_2x2_checked(in, q, out, stride);
+        if (worst > 2047) return idct_2x2_checked(dq, out, stride);
     }
-    int ws[2][5];  // |sum| <= 2047 * (32768 + 52991) < 2^28; |ws| < 2^15
-    for (int c = 0; c < 5; c++) {
-        const int t10 = d[0][c] * 32768;
-        const int t0 = d[4][c] * -c7 + d[3][c] * c5 + d[2][c] * -c3 + d[1][c] * c1;
+    int ws[2][8] = {};  // |sum| <= 2047 * (32768 + 52991) < 2^28; |ws| < 2^15
+    for (int c : {0, 1, 3, 5, 7}) {
+        if (!((block.columns >> c) & 1)) continue;
+        const int t10 = dq[c] * 32768;
+        const int t0 = dq[56 + c] * -c7 + dq[40 + c] * c5 + dq[24 + c] * -c3 + dq[8 + c] * c1;
         ws[0][c] = (t10 + t0 + (1 << 12)) >> 13;
         ws[1][c] = (t10 - t0 + (1 << 12)) >> 13;
     }
@@ -465,13 +471,26 @@ BRCD_INLINE bool idct_2x2(const int16_t* in, const uint16_t* q, int q_ac, int sp
     for (int row = 0; row < 2; row++) {  // |sum| < 2^15 * 85759 < 2^31
         const int* w = ws[row];
         const int t10 = w[0] * 32768;
-        const int t0 = w[4] * -c7 + w[3] * c5 + w[2] * -c3 + w[1] * c1;
+        const int t0 = w[7] * -c7 + w[5] * c5 + w[3] * -c3 + w[1] * c1;
         const int a = (t10 + t0 + (1 << 19)) >> 20, b = (t10 - t0 + (1 << 19)) >> 20;
         tame &= (a >= -512) & (a <= 511) & (b >= -512) & (b <= 511);
         out[row * stride + 0] = post_idct(a);
         out[row * stride + 1] = post_idct(b);
     }
     return tame;
+}
+
+// One row of libjpeg's ycc_rgb_convert: its tables hold these integer formulas (FIX(1.40200) =
+// 91881, FIX(1.77200) = 116130, FIX(0.71414) = 46802, FIX(0.34414) = 22554 at 16 bits, ONE_HALF
+// added), so computing them gives its values, in a loop the compiler vectorises.
+inline void ycc_to_rgb(const uint8_t* __restrict y, const uint8_t* __restrict cb, const uint8_t* __restrict cr,
+                       uint8_t* __restrict out, int n) {
+    for (int i = 0; i < n; i++) {
+        const int l = y[i], b = cb[i] - 128, r = cr[i] - 128;
+        out[3 * i + 0] = clamp255(l + ((91881 * r + 32768) >> 16));
+        out[3 * i + 1] = clamp255(l + ((-22554 * b - 46802 * r + 32768) >> 16));
+        out[3 * i + 2] = clamp255(l + ((116130 * b + 32768) >> 16));
+    }
 }
 
 struct Reader {
@@ -629,12 +648,6 @@ inline Result decode_eighth(const uint8_t* data, size_t size) {
         if ((dc_used && !build(dc_tables[i], true)) || (ac_used && !build(ac_tables[i], false)))
             return decline("bad Huffman table");
     }
-    int quant_ac_max[4] = {0, 0, 0, 0};  // the largest quantiser the 2x2 IDCT reads, DC's aside
-    for (int tq = 0; tq < 4; tq++)
-        if (quant_defined[tq])
-            for (int r : {0, 1, 3, 5, 7})
-                for (int c : {0, 1, 3, 5, 7})
-                    if (r | c) quant_ac_max[tq] = quant[tq][r * 8 + c] > quant_ac_max[tq] ? quant[tq][r * 8 + c] : quant_ac_max[tq];
     // Geometry at 1/8 scale (libjpeg's jpeg_core_output_dimensions and upsampler choice).
     int max_h = 1, max_v = 1;
     for (const Component& c : comps) {
@@ -662,7 +675,7 @@ inline Result decode_eighth(const uint8_t* data, size_t size) {
     Bits bits{in.p, data + size};
     int pred[3] = {0, 0, 0};
     int restarts_left = restart_interval, next_rst = 0;
-    alignas(64) int16_t block[64];
+    KeptBlock block;
     for (int my = 0; my < mcus_y; my++) {
         for (int mx = 0; mx < mcus_x; mx++) {
             if (restart_interval) {
@@ -692,12 +705,12 @@ inline Result decode_eighth(const uint8_t* data, size_t size) {
                             const int v = (static_cast<int>(dc) * static_cast<int16_t>(q[0]) + 4) >> 3;
                             c.plane[static_cast<size_t>(my * c.v + by) * c.plane_w + mx * c.h + bx] = post_idct(v);
                         } else {
-                            std::memset(block, 0, sizeof(block));
-                            block[0] = dc;
-                            int spread = 0;
-                            if (!read_ac(bits, act, block, spread)) return decline("bad Huffman code");
+                            block.put(0, dc, q);
+                            if (!read_ac(bits, act, q, block)) return decline("bad Huffman code");
                             const size_t row = static_cast<size_t>((my * c.v + by) * 2), col = static_cast<size_t>((mx * c.h + bx) * 2);
-                            if (!idct_2x2(block, q, quant_ac_max[c.tq], spread, c.plane.data() + row * c.plane_w + col, c.plane_w))
+                            const bool tame = idct_2x2(block, c.plane.data() + row * c.plane_w + col, c.plane_w);
+                            block.clear();
+                            if (!tame)
                                 return decline("coefficients beyond the range libjpeg-turbo builds agree on");
                         }
                     }
@@ -717,36 +730,29 @@ inline Result decode_eighth(const uint8_t* data, size_t size) {
         const Component& y = comps[0];
         for (int j = 0; j < out_h; j++) std::memcpy(&r.pixels[static_cast<size_t>(j) * out_w], &y.plane[static_cast<size_t>(j) * y.plane_w], out_w);
     } else {
-        int cr_r[256], cb_b[256];
-        int64_t cr_g[256], cb_g[256];
-        for (int i = 0; i < 256; i++) {
-            const int64_t x = i - 128;
-            cr_r[i] = static_cast<int>((91881 * x + 32768) >> 16);   // FIX(1.40200)
-            cb_b[i] = static_cast<int>((116130 * x + 32768) >> 16);  // FIX(1.77200)
-            cr_g[i] = -46802 * x;                                    // FIX(0.71414)
-            cb_g[i] = -22554 * x + 32768;                            // FIX(0.34414), plus ONE_HALF
-        }
         const Component &Y = comps[0], &Cb = comps[1], &Cr = comps[2];
         const int fx1 = max_h / (Cb.h * Cb.scaled), fy1 = max_v / (Cb.v * Cb.scaled);
         const int fx2 = max_h / (Cr.h * Cr.scaled), fy2 = max_v / (Cr.v * Cr.scaled);
         const int fx0 = max_h / (Y.h * Y.scaled), fy0 = max_v / (Y.v * Y.scaled);
-        std::vector<int> at0(out_w), at1(out_w), at2(out_w);  // column in each plane (replication)
-        for (int i = 0; i < out_w; i++) {
-            at0[i] = i / fx0;
-            at1[i] = i / fx1;
-            at2[i] = i / fx2;
-        }
+        std::vector<uint8_t> row0, row1, row2;  // rows widened to the output (replication), where subsampled
         for (int j = 0; j < out_h; j++) {
             const uint8_t* yr = &Y.plane[static_cast<size_t>(j / fy0) * Y.plane_w];
             const uint8_t* br = &Cb.plane[static_cast<size_t>(j / fy1) * Cb.plane_w];
             const uint8_t* rr = &Cr.plane[static_cast<size_t>(j / fy2) * Cr.plane_w];
-            uint8_t* o = &r.pixels[static_cast<size_t>(j) * out_w * 3];
-            for (int i = 0; i < out_w; i++) {
-                const int y = yr[at0[i]], cb = br[at1[i]], cr = rr[at2[i]];
-                o[3 * i + 0] = clamp255(y + cr_r[cr]);
-                o[3 * i + 1] = clamp255(y + static_cast<int>((cb_g[cb] + cr_g[cr]) >> 16));
-                o[3 * i + 2] = clamp255(y + cb_b[cb]);
+            if (fx0 != 1 || fx1 != 1 || fx2 != 1) {
+                row0.resize(out_w);
+                row1.resize(out_w);
+                row2.resize(out_w);
+                for (int i = 0; i < out_w; i++) {
+                    row0[i] = yr[i / fx0];
+                    row1[i] = br[i / fx1];
+                    row2[i] = rr[i / fx2];
+                }
+                yr = row0.data();
+                br = row1.data();
+                rr = row2.data();
             }
+            ycc_to_rgb(yr, br, rr, &r.pixels[static_cast<size_t>(j) * out_w * 3], out_w);
         }
     }
     r.ok = true;
