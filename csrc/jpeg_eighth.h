@@ -223,7 +223,10 @@ struct Bits {
         if (__builtin_expect(!stopped && end - p >= 8, 1)) {
             uint64_t w;
             std::memcpy(&w, p, 8);
-            w = __builtin_bswap64(w);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#else
+            w = __builtin_bswap64(w);  // the stream is big-endian
+#endif
             const uint64_t ff = ((w & 0x7F7F7F7F7F7F7F7FULL) + 0x0101010101010101ULL) & w & 0x8080808080808080ULL;
             if (__builtin_expect(ff == 0, 1)) {
                 buf |= w >> n;

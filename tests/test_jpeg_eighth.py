@@ -2,8 +2,9 @@
 
 The reference is Pillow itself (libjpeg-turbo asked for scale 1/8): real photographs from the wheels in every
 chroma subsampling, quality, Huffman-table and restart layout, greyscale, odd sizes and EXIF orientations; then
-thousands of corrupted files, where the decoder must either decline or still agree with Pillow; and the same
-mutations under AddressSanitizer and UndefinedBehaviorSanitizer in a C++ driver.
+thousands of corrupted files, where the decoder must either decline or still agree with Pillow; the same
+mutations under AddressSanitizer and UndefinedBehaviorSanitizer in a C++ driver; and that driver built for AArch64
+under qemu-user, whose pictures must match this machine's.
 """
 from __future__ import annotations
 
@@ -189,14 +190,100 @@ def test_fuzz_driver_under_sanitizers(tmp_path: Path) -> None:
     if built.returncode != 0 and "sanitize" in built.stderr:
         pytest.skip("this g++ has no sanitizer runtime")
     assert built.returncode == 0, built.stderr[-3000:]
-    seeds = []
+    seeds = _seed_files(tmp_path)
+    done = subprocess.run([str(exe), "6000", "1", *map(str, seeds)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    rounds, declined, decoded = (int(x) for x in done.stdout.split()[1:7:2])
+    assert rounds == 6000 and declined > 0 and decoded > 0
+
+
+def _seed_files(folder: Path) -> list[Path]:
+    out = []
     for k, (name, options) in enumerate((("astronaut", {"quality": 90}),
                                          ("coffee", {"quality": 60, "subsampling": 0, "restart_marker_blocks": 3}),
                                          ("camera", {"quality": 80}),
                                          ("chelsea", {"quality": 95, "subsampling": 1, "optimize": True}))):
-        seeds.append(tmp_path / f"seed{k}.jpg")
-        seeds[-1].write_bytes(_jpeg(_photograph(name).crop((0, 0, 120, 88)), **options))
-    done = subprocess.run([str(exe), "6000", "1", *map(str, seeds)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    rounds, declined, decoded = (int(x) for x in done.stdout.split()[1::2])
-    assert rounds == 6000 and declined > 0 and decoded > 0
+        out.append(folder / f"seed{k}.jpg")
+        out[-1].write_bytes(_jpeg(_photograph(name).crop((0, 0, 120, 88)), **options))
+    return out
+
+
+def test_aarch64_build_decodes_as_this_machine_does(tmp_path: Path) -> None:
+    """The decoder cross-compiled for AArch64 and run under qemu-user gives the same pictures and refusals as here:
+    the fuzz driver's digest covers every decoded pixel and every refusal over 1,500 mutated files."""
+    from test_native_arm import AARCH64_SYSROOT, CROSS_CXX, QEMU, _missing_cross_tools
+
+    missing = _missing_cross_tools()
+    if missing or shutil.which("g++") is None:
+        pytest.skip(missing or "g++ not installed")
+    driver = str(CSRC / "tests" / "jpeg_fuzz.cpp")
+    seeds = [str(p) for p in _seed_files(tmp_path)]
+    outputs = []
+    for compiler, exe, runner in (("g++", tmp_path / "fuzz_here", []),
+                                  (CROSS_CXX, tmp_path / "fuzz_arm64", [QEMU, "-L", str(AARCH64_SYSROOT)])):
+        built = subprocess.run([compiler, "-O2", "-std=c++17", f"-I{CSRC}", driver, "-o", str(exe)],
+                               capture_output=True, text=True, timeout=600)
+        assert built.returncode == 0, built.stderr[-3000:]
+        done = subprocess.run([*runner, str(exe), "1500", "3", *seeds], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(done.stdout.strip())
+    assert outputs[0] == outputs[1] and "decoded" in outputs[0]
+
+
+def test_encode_codes_identical_with_either_decoder_serial_or_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys) -> None:
+    """``brcd encode`` of camera-like JPEGs drafted at 1/8: the native decoder runs, and the codes file is the one
+    Pillow's decoding gives, byte for byte, serial or with two decode workers."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k, (name, _, _) in enumerate(PHOTOGRAPHS[:8]):
+        photo = _photograph(name).convert("RGB").resize((1600, 1200), Image.BICUBIC)
+        noisy = np.clip(np.asarray(photo, dtype=np.float32) + rng.normal(0, 4, (1200, 1600, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"{k}-{name}.jpg", quality=90, subsampling=k % 3)
+    calls = []
+    real = jpeg_eighth.decode
+    monkeypatch.setattr(jpeg_eighth, "decode", lambda data: (calls.append(1), real(data))[1])
+    files = {}
+    for choice, workers in (("pillow", "0"), ("auto", "0"), ("auto", "2")):
+        monkeypatch.setenv(jpeg_eighth.ENV_VAR, choice)
+        files[choice, workers] = tmp_path / f"{choice}-{workers}.bin"
+        code, _, err = run_cli(["encode", str(folder), "--model", "perceptual:dct64", "--out", str(files[choice, workers]),
+                                "--workers", workers], capsys)
+        assert code == 0, err
+    assert len(calls) == 16  # 8 files, twice through the native decoder (the 64 px hasher drafts 1200 rows at 1/8)
+    data = {key: path.read_bytes() for key, path in files.items()}
+    assert data["pillow", "0"] == data["auto", "0"] == data["auto", "2"]
+
+
+def test_kill_9_then_resume_is_exact_with_the_native_decoder(tmp_path: Path, capsys) -> None:
+    """An encode drafting through the native decoder, killed mid-job and resumed, writes the clean run's file."""
+    import signal
+
+    from test_reliability import _brcd, _env, _state, _wait_for
+
+    distinct = tmp_path / "distinct"
+    distinct.mkdir()
+    rng = np.random.default_rng(5)
+    sources = []
+    for k, (name, _, _) in enumerate(PHOTOGRAPHS[:6]):
+        photo = _photograph(name).convert("RGB").resize((1600, 1200), Image.BICUBIC)
+        noisy = np.clip(np.asarray(photo, dtype=np.float32) + rng.normal(0, 4, (1200, 1600, 3)), 0, 255).astype(np.uint8)
+        sources.append(distinct / f"{name}.jpg")
+        Image.fromarray(noisy).save(sources[-1], quality=90)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(600):  # hard links: every path is decoded in full, as a distinct file would be
+        (folder / f"{i:04d}.jpg").hardlink_to(sources[i % len(sources)])
+    args = ["--model", "perceptual:dct64", "--batch-size", "4", "--workers", "2"]
+    clean = tmp_path / "clean.bin"
+    assert run_cli(["encode", str(folder), "--out", str(clean), *args], capsys)[0] == 0
+    out = tmp_path / "codes.bin"
+    proc = subprocess.Popen(_brcd("encode", str(folder), "--out", str(out), *args), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(lambda: 0 < _state(out).get("next_index", 0) < 600, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    code, _, err = run_cli(["encode", str(folder), "--out", str(out), "--resume", *args], capsys)
+    assert code == 0 and "resuming the interrupted encode" in err
+    assert out.read_bytes() == clean.read_bytes()
