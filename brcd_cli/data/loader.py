@@ -280,8 +280,8 @@ class LoadOptions:
     instead of the smallest DCT scale that covers the input. ``device``:
     where JPEGs are decoded (``cuda``: nvJPEG, always a full decode).
     ``prefetch``: batches decoded ahead of the one being consumed.
-    ``tune_threads``: once the stream has timed a batch's decoding and its
-    consumer, set torch's threads by :func:`brcd_cli.threads.forward_threads`
+    ``tune_threads``: once the stream has timed a few batches' decoding and
+    their consumer (``TUNING_BATCHES``), set torch's threads by :func:`brcd_cli.threads.forward_threads`
     (encode's default when ``--threads`` is not given; training keeps its own).
     """
 
@@ -329,6 +329,10 @@ class Batch:
     skipped: list[tuple[int, str]]
 
 
+#: The batches whose hold times the stream compares with decoding before it sets torch's threads.
+TUNING_BATCHES = (1, 2, 3)
+
+
 class BatchStream:
     """Batches of ``batch_size`` items of ``indices``, in order, decoded by ``options.worker_count`` threads.
 
@@ -368,17 +372,22 @@ class BatchStream:
         yield from self._tuning(batches)
 
     def _tuning(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        """Pass batches on, timing the consumer's hold of the second one (the first also pays the model's warm-up)
-        against the CPU its items took to decode, then set torch's threads once: re-deciding as rates shift would
-        flip the count back and forth, since fewer forward threads change which side dominates."""
+        """Pass batches on, timing the consumer's hold of batches 2-4 against the CPU their items took to decode,
+        then set torch's threads once: re-deciding as rates shift would flip the count back and forth, since fewer
+        forward threads change which side dominates. The fastest of those holds is the forward's steady cost: the
+        first batch pays the model's warm-up, and a TorchScript program may still be optimising itself in the
+        second (a hold many times the steady one, which once read as "the forward dominates")."""
         from ..threads import tune_forward_threads
 
+        fastest = float("inf")
         try:
             for number, batch in enumerate(batches):
                 held = time.perf_counter()
                 yield batch
-                if number == 1 and len(batch.indices):
-                    forward_ms = 1000 * (time.perf_counter() - held) / len(batch.indices)
+                if number in TUNING_BATCHES and len(batch.indices):
+                    fastest = min(fastest, 1000 * (time.perf_counter() - held) / len(batch.indices))
+                if number == TUNING_BATCHES[-1] and fastest < float("inf"):
+                    forward_ms = fastest
                     with self._lock:
                         seconds, items = self._decoding
                     decode_ms = 1000 * seconds / max(1, items)
