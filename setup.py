@@ -36,42 +36,23 @@ class OptionalBuildExt(build_ext):
 
 
 ext_modules = []
-if Pybind11Extension is not None:
-    ext_modules.append(
-        Pybind11Extension(
-            "brcd_cli._hamming_cpu",
-            ["csrc/hamming_cpu.cpp"],
-            depends=["csrc/cpu_features.h", "csrc/hamming_scan.h", "csrc/hamming_select.h"],
-            cxx_std=17,
-            # No -march: the x86 SIMD variants carry their own target attributes and
-            # are chosen at run time, so one build runs on any x86-64 CPU; on AArch64
-            # NEON is part of the base architecture and the SVE kernels have their own
-            # target pragma (docs/kernels.md). Elsewhere only the portable scan is built.
-            extra_compile_args=["-O3"],
-        )
-    )
-    # Multi-index hashing (hash-table lookup); its SIMD build is chosen at run time too, by the same
-    # header (CPU features and BRCD_SIMD) as the scan's.
-    ext_modules.append(
-        Pybind11Extension(
-            "brcd_cli._mih_cpu",
-            ["csrc/mih.cpp"],
-            depends=["csrc/cpu_features.h"],
-            cxx_std=17,
-            extra_compile_args=["-O3"],
-        )
-    )
+# (module, source, headers it includes). Every one is C++17 at -O3 with no -march: the x86 SIMD
+# variants carry their own target attributes and are chosen at run time, so one build runs on any
+# x86-64 CPU; on AArch64 NEON is part of the base architecture and the SVE kernels have their own
+# target pragma (docs/kernels.md). Elsewhere only the portable code is built.
+NATIVE = (
+    # the scan kernels
+    ("brcd_cli._hamming_cpu", "csrc/hamming_cpu.cpp", ["csrc/cpu_features.h", "csrc/hamming_scan.h", "csrc/hamming_select.h"]),
+    # multi-index hashing (hash-table lookup); its SIMD build is chosen by the same header (CPU
+    # features and BRCD_SIMD) as the scan's
+    ("brcd_cli._mih_cpu", "csrc/mih.cpp", ["csrc/cpu_features.h"]),
     # JPEG straight to 1/8 scale (the draft decode of encode, search and serve); Pillow decodes
-    # whatever it declines, and everything when it is not built.
-    ext_modules.append(
-        Pybind11Extension(
-            "brcd_cli._jpeg_cpu",
-            ["csrc/jpeg_cpu.cpp"],
-            depends=["csrc/jpeg_eighth.h"],
-            cxx_std=17,
-            extra_compile_args=["-O3"],
-        )
-    )
+    # whatever it declines, and everything when it is not built
+    ("brcd_cli._jpeg_cpu", "csrc/jpeg_cpu.cpp", ["csrc/jpeg_eighth.h"]),
+)
+if Pybind11Extension is not None:
+    for name, source, headers in NATIVE:
+        ext_modules.append(Pybind11Extension(name, [source], depends=headers, cxx_std=17, extra_compile_args=["-O3"]))
 else:
     print("brcd: pybind11 missing at build time; native CPU kernels skipped", file=sys.stderr)
 

@@ -668,6 +668,8 @@ def bench_encode_cmd(
     batch_size: int = typer.Option(32, "--batch-size"),
     workers: Optional[int] = typer.Option(None, "--workers", help="decode threads of the parallel runs (default: one per core)"),
     decode_device: choices.Device = typer.Option("cpu", "--decode-device", help="cuda: also measure nvJPEG decoding on the GPU"),
+    exact: bool = typer.Option(True, "--exact/--no-exact", help="also measure the exact decoding (every pixel, several times "
+                               "slower; leave it out for long runs) and the bits the draft moves against it"),
     native_crops: int = typer.Option(9, "--native-crops", help="seeded crops per photograph in the set of real pictures at their own sizes (0: the 20 whole ones)"),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of the forward in every row (default: all cores "
@@ -678,7 +680,7 @@ def bench_encode_cmd(
     serial vs parallel, draft vs exact decoding (and how many bits the draft moves), in one run."""
     from .bench.encode import EncodeBenchConfig, format_report, parse_sizes, run_encode_bench
 
-    decodings = ("draft", "exact", "cuda") if decode_device.value == "cuda" else ("draft", "exact")
+    decodings = ("draft",) + (("exact",) if exact else ()) + (("cuda",) if decode_device.value == "cuda" else ())
     config = EncodeBenchConfig(model=model, folder=folder, images=images, distinct=distinct, sizes=parse_sizes(sizes),
                                quality=quality, batch_size=batch_size, workers=workers, decodings=decodings,
                                native_crops=native_crops, seed=seed, threads=threads)

@@ -189,5 +189,11 @@ def test_bench_encode_reports_speed_split_identity_and_codes_moved(tmp_path, cap
                               "--workers", "2", "--native-crops", "0", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["parallel_identical_to_serial"] == dict.fromkeys(decodings, True)
+    code, out, err = run_cli(["bench", "encode", "--model", str(model), "--folder", str(tmp_path / "jpegs"),
+                              "--images", "7", "--distinct", "3", "--sizes", "640x480,360x480", "--batch-size", "4",
+                              "--workers", "2", "--no-exact", "--json"], capsys)
+    assert code == 0, err
+    fast = json.loads(out)
+    assert set(fast["split_ms"]) == decodings - {"exact"} and fast["codes_moved"] == {}
     code, _, err = run_cli(["bench", "encode", "--sizes", "640by480"], capsys)
     assert code == 1 and "WIDTHxHEIGHT" in err.strip().splitlines()[-1]
