@@ -11,13 +11,13 @@
 //
 // Exactly libjpeg's output, or nothing: everything else follows libjpeg-turbo's arithmetic for
 // this scale (1x1 IDCT for the full-resolution component, its 2x2 reduced IDCT for 4:2:0
-// chroma, replication where chroma is still subsampled, its integer YCbCr->RGB tables and range
-// limiting). Anything this decoder does not take (progressive, arithmetic coding, 12-bit, CMYK,
-// Adobe-transformed colour, several scans, restart or stuffing irregularities, a bad Huffman code,
-// data that ends early) makes it decline with a reason, and the caller's general decoder
-// (Pillow) decides, so corrupt or unusual files behave exactly as before. Every read of the
-// input is bounds-checked; tests compare the output with Pillow's byte for byte and run mutated
-// files under AddressSanitizer.
+// chroma, replication where chroma is still subsampled, the integer formulas of its YCbCr->RGB
+// tables, its range limiting). Anything this decoder does not take (progressive, arithmetic
+// coding, 12-bit, CMYK, Adobe-transformed colour, several scans, restart or stuffing
+// irregularities, a bad Huffman code, data that ends early) makes it decline with a reason, and
+// the caller's general decoder (Pillow) decides, so corrupt or unusual files behave exactly as
+// before. Every read of the input is bounds-checked; tests compare the output with Pillow's byte
+// for byte and run mutated files under AddressSanitizer.
 #pragma once
 
 #include <cstdint>
