@@ -13,7 +13,8 @@ namespace py = pybind11;
 
 static py::tuple decode_eighth(py::buffer data) {
     py::buffer_info info = data.request();
-    if (info.ndim != 1 || info.itemsize != 1) throw py::value_error("decode_eighth takes bytes");
+    if (info.ndim != 1 || info.itemsize != 1 || (info.size > 1 && info.strides[0] != 1))
+        throw py::value_error("decode_eighth takes bytes (a contiguous buffer)");
     const auto* bytes = static_cast<const uint8_t*>(info.ptr);
     const size_t size = static_cast<size_t>(info.size);
     auto* result = new brcd_jpeg::Result();

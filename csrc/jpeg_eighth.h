@@ -36,8 +36,8 @@ struct Huffman {
     uint8_t symbols[256] = {};
     int nsym = 0;
     // derived (build()):
-    int32_t maxcode[18] = {};  // largest code of length l, -1 if none (JPEG F.16)
-    int32_t valoffset[18] = {};
+    int32_t maxcode[17] = {};  // largest code of length l, -1 if none (JPEG F.16)
+    int32_t valoffset[17] = {};
     uint16_t fast[1 << FAST_BITS] = {};  // (length << 8) | symbol; length 0: longer or invalid
     uint16_t skip[1 << SKIP_BITS] = {};  // see skip_ac
     int32_t fast_value[1 << FAST_BITS] = {};  // value << 16 | run << 8 | bits where code and magnitude fit (AC: s > 0 only); else 0
@@ -82,6 +82,17 @@ inline uint8_t clamp255(int x) { return static_cast<uint8_t>(x < 0 ? 0 : (x > 25
 
 inline int extend(int bits, int s) { return bits < (1 << (s - 1)) ? bits + static_cast<int>((~0u) << s) + 1 : bits; }
 
+// A table indexed by the next `width` bits: every code of at most that many bits fills the
+// entries that start with it with (length << 8) | symbol; the rest stay 0.
+inline void fill_by_prefix(uint16_t* table, int width, const int* size, const unsigned* code_of, const Huffman& t) {
+    std::memset(table, 0, sizeof(uint16_t) << width);
+    for (int i = 0; i < t.nsym && size[i] <= width; i++) {
+        const unsigned first = code_of[i] << (width - size[i]);
+        for (unsigned j = 0; j < (1u << (width - size[i])); j++)
+            table[first + j] = static_cast<uint16_t>((size[i] << 8) | t.symbols[i]);
+    }
+}
+
 // Builds the decoding tables, refusing (as libjpeg does) more than 256 symbols, a code set that is
 // not a prefix code, or DC symbols above 15.
 inline bool build(Huffman& t, bool dc) {
@@ -116,15 +127,7 @@ inline bool build(Huffman& t, bool dc) {
             t.maxcode[l] = -1;
         }
     }
-    t.maxcode[17] = 0x7fffffff;
-    std::memset(t.fast, 0, sizeof(t.fast));
-    for (int i = 0; i < t.nsym; i++) {
-        const int l = size[i];
-        if (l > FAST_BITS) break;
-        const unsigned first = code_of[i] << (FAST_BITS - l);
-        for (unsigned j = 0; j < (1u << (FAST_BITS - l)); j++)
-            t.fast[first + j] = static_cast<uint16_t>((l << 8) | t.symbols[i]);
-    }
+    fill_by_prefix(t.fast, FAST_BITS, size, code_of, t);
     std::memset(t.fast_value, 0, sizeof(t.fast_value));
     for (unsigned w = 0; w < (1u << FAST_BITS); w++) {
         const int e = t.fast[w], l = e >> 8, rs = e & 0xFF, r = dc ? 0 : rs >> 4, s = dc ? rs : rs & 15;
@@ -141,14 +144,7 @@ inline bool build(Huffman& t, bool dc) {
     // within the window; libjpeg's loop semantics: (r, s>0) advances r+1 coefficients, ZRL (15, 0)
     // advances 16, any other (r, 0) ends the block.
     uint16_t single[1 << SKIP_BITS];
-    std::memset(single, 0, sizeof(single));
-    for (int i = 0; i < t.nsym; i++) {
-        const int l = size[i];
-        if (l > SKIP_BITS) break;
-        const unsigned first = code_of[i] << (SKIP_BITS - l);
-        for (unsigned j = 0; j < (1u << (SKIP_BITS - l)); j++)
-            single[first + j] = static_cast<uint16_t>((l << 8) | t.symbols[i]);
-    }
+    fill_by_prefix(single, SKIP_BITS, size, code_of, t);
     for (unsigned w = 0; w < (1u << SKIP_BITS); w++) {
         int used = 0, adv = 0, ended = 0;
         while (used < SKIP_BITS && adv < 64) {
@@ -371,8 +367,7 @@ struct KeptBlock {
         spread |= v ^ (v >> 31);
     }
     BRCD_INLINE void clear() {
-        for (int i = 0; i < count && i < 64; i++) dq[written[i]] = 0;
-        dq[0] = 0;
+        for (int i = 0; i < count && i < 64; i++) dq[written[i]] = 0;  // the DC term among them
         count = columns = spread = 0;
     }
 };
@@ -523,16 +518,7 @@ inline Result decode_eighth(const uint8_t* data, size_t size) {
     if (!in.has(2) || in.u16() != 0xFFD8) return decline("not a JPEG (no SOI marker)");
     uint16_t quant[4][64];
     bool quant_defined[4] = {false, false, false, false};
-    Huffman* dc_tables = new Huffman[4];
-    Huffman* ac_tables = new Huffman[4];
-    struct Free {
-        Huffman* a;
-        Huffman* b;
-        ~Free() {
-            delete[] a;
-            delete[] b;
-        }
-    } free_tables{dc_tables, ac_tables};
+    std::vector<Huffman> dc_tables(4), ac_tables(4);  // 25 KB each: on the heap
     std::vector<Component> comps;
     std::vector<int> scan;  // component indices in scan order
     int width = 0, height = 0, restart_interval = 0;
