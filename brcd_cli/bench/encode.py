@@ -331,6 +331,7 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
     """Make (or reuse) the folder, then measure everything listed in the module docstring; returns the report."""
     import torch
 
+    from ..data import jpeg_eighth
     from ..data.loader import BatchStream, LoadOptions, default_workers
     from ..data.sources import folder_source
     from ..encoding import packed_codes_of_images
@@ -401,16 +402,10 @@ def run_encode_bench(config: EncodeBenchConfig, log: Callable[[str], None] = lam
         "batch_size": config.batch_size, "workers": workers, "torch_threads": network_threads,
         "network_images_per_s": round(network, 1), "split_ms": {d: {k: round(v, 2) for k, v in s.items()} for d, s in split.items()},
         "end_to_end": rows, "parallel_identical_to_serial": identical, "codes_moved": moved,
-        "jpeg_decoder": _jpeg_decoder(), "native_draft_identical_to_pillow": native_is_pillow,
+        "jpeg_decoder": jpeg_eighth.status(), "native_draft_identical_to_pillow": native_is_pillow,
         "startup_s": round(startup, 3),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def _jpeg_decoder() -> str:
-    from ..data import jpeg_eighth
-
-    return jpeg_eighth.status()
 
 
 def _cpu_name() -> str:
