@@ -29,6 +29,39 @@ pytestmark = pytest.mark.skipif(jpeg_eighth._jpeg_cpu is None, reason="native JP
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 
 
+#: Small real JPEGs to mutate: every chroma layout, a restart interval, optimised tables, greyscale.
+SEEDS = (("astronaut", {"quality": 90}),
+         ("coffee", {"quality": 60, "subsampling": 0, "restart_marker_blocks": 3}),
+         ("camera", {"quality": 80}),
+         ("chelsea", {"quality": 95, "subsampling": 1, "optimize": True}))
+
+
+def _seeds(width: int, height: int) -> list[bytes]:
+    return [_jpeg(_photograph(name).crop((0, 0, width, height)), **options) for name, options in SEEDS]
+
+
+def _camera_folder(folder: Path, names, rng: np.random.Generator, subsampling=lambda k: 2) -> list[Path]:
+    """The bench's camera-like JPEGs (upscaled, sharpened, noisy) at 1600 x 1200: a 64 px hasher drafts them at 1/8."""
+    from brcd_cli.bench.encode import camera_jpeg
+
+    folder.mkdir()
+    paths = []
+    for k, name in enumerate(names):
+        with Image.open(io.BytesIO(camera_jpeg(name, 1600, 1200, 90, rng))) as im:
+            paths.append(folder / f"{k}-{name}.jpg")
+            im.save(paths[-1], quality=90, subsampling=subsampling(k))
+    return paths
+
+
+@pytest.fixture
+def native_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A spy on the native decoder: one entry (the input's length) per call, the call itself unchanged."""
+    calls: list[int] = []
+    real = jpeg_eighth.decode
+    monkeypatch.setattr(jpeg_eighth, "decode", lambda data: (calls.append(len(data)), real(data))[1])
+    return calls
+
+
 def _pillow_eighth(data: bytes) -> np.ndarray:
     """Pillow's pixels at scale 1/8 (what a draft of a large JPEG for a small model gets)."""
     with Image.open(io.BytesIO(data)) as im:
@@ -101,12 +134,7 @@ def test_declines_what_it_does_not_take_and_pillow_still_decodes_it() -> None:
 
 def test_mutated_files_decline_or_agree_with_pillow() -> None:
     """Corrupted bytes anywhere (headers, tables, entropy data, markers, truncation): never a different picture."""
-    seeds = [
-        _jpeg(_photograph("astronaut").crop((0, 0, 200, 150)), quality=90),
-        _jpeg(_photograph("coffee").crop((0, 0, 200, 150)), quality=60, subsampling=0, restart_marker_blocks=3),
-        _jpeg(_photograph("camera").crop((0, 0, 200, 150)), quality=80),
-        _jpeg(_photograph("chelsea").crop((0, 0, 200, 150)), quality=95, subsampling=1, optimize=True),
-    ]
+    seeds = _seeds(200, 150)
     rng = np.random.default_rng(7)
     agreed = declined = 0
     for it in range(2000):
@@ -151,17 +179,14 @@ def test_decode_image_and_files_unchanged_by_the_decoder(tmp_path: Path, monkeyp
             assert pillow.info[DRAFT_BOX] == native.info[DRAFT_BOX]
 
 
-def test_it_runs_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_it_runs_where_it_applies(monkeypatch: pytest.MonkeyPatch, native_calls: list[int]) -> None:
     """A spy on the native call: taken for a 1/8 draft, not for other scales or with the variable set to pillow."""
-    calls = []
-    real = jpeg_eighth.decode
-    monkeypatch.setattr(jpeg_eighth, "decode", lambda data: (calls.append(len(data)), real(data))[1])
     data = _jpeg(_photograph("chelsea"), quality=85)  # 451 x 300
     monkeypatch.setenv(jpeg_eighth.ENV_VAR, "auto")
-    assert decode_image(data, "x", draft=8).size == (57, 38) and len(calls) == 1  # 1/8
-    assert decode_image(data, "x", draft=64).size == (226, 150) and len(calls) == 1  # 1/2: Pillow
+    assert decode_image(data, "x", draft=8).size == (57, 38) and len(native_calls) == 1  # 1/8
+    assert decode_image(data, "x", draft=64).size == (226, 150) and len(native_calls) == 1  # 1/2: Pillow
     monkeypatch.setenv(jpeg_eighth.ENV_VAR, "pillow")
-    assert decode_image(data, "x", draft=8).size == (57, 38) and len(calls) == 1
+    assert decode_image(data, "x", draft=8).size == (57, 38) and len(native_calls) == 1
     assert "pillow" in jpeg_eighth.status()
 
 
@@ -199,12 +224,9 @@ def test_fuzz_driver_under_sanitizers(tmp_path: Path) -> None:
 
 def _seed_files(folder: Path) -> list[Path]:
     out = []
-    for k, (name, options) in enumerate((("astronaut", {"quality": 90}),
-                                         ("coffee", {"quality": 60, "subsampling": 0, "restart_marker_blocks": 3}),
-                                         ("camera", {"quality": 80}),
-                                         ("chelsea", {"quality": 95, "subsampling": 1, "optimize": True}))):
+    for k, data in enumerate(_seeds(120, 88)):
         out.append(folder / f"seed{k}.jpg")
-        out[-1].write_bytes(_jpeg(_photograph(name).crop((0, 0, 120, 88)), **options))
+        out[-1].write_bytes(data)
     return out
 
 
@@ -231,19 +253,11 @@ def test_aarch64_build_decodes_as_this_machine_does(tmp_path: Path) -> None:
 
 
 def test_encode_codes_identical_with_either_decoder_serial_or_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                       capsys) -> None:
+                                                                       capsys, native_calls: list[int]) -> None:
     """``brcd encode`` of camera-like JPEGs drafted at 1/8: the native decoder runs, and the codes file is the one
     Pillow's decoding gives, byte for byte, serial or with two decode workers."""
     folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    for k, (name, _, _) in enumerate(PHOTOGRAPHS[:8]):
-        photo = _photograph(name).convert("RGB").resize((1600, 1200), Image.BICUBIC)
-        noisy = np.clip(np.asarray(photo, dtype=np.float32) + rng.normal(0, 4, (1200, 1600, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / f"{k}-{name}.jpg", quality=90, subsampling=k % 3)
-    calls = []
-    real = jpeg_eighth.decode
-    monkeypatch.setattr(jpeg_eighth, "decode", lambda data: (calls.append(1), real(data))[1])
+    _camera_folder(folder, [name for name, _, _ in PHOTOGRAPHS[:8]], np.random.default_rng(3), subsampling=lambda k: k % 3)
     files = {}
     for choice, workers in (("pillow", "0"), ("auto", "0"), ("auto", "2")):
         monkeypatch.setenv(jpeg_eighth.ENV_VAR, choice)
@@ -251,7 +265,7 @@ def test_encode_codes_identical_with_either_decoder_serial_or_parallel(tmp_path:
         code, _, err = run_cli(["encode", str(folder), "--model", "perceptual:dct64", "--out", str(files[choice, workers]),
                                 "--workers", workers], capsys)
         assert code == 0, err
-    assert len(calls) == 16  # 8 files, twice through the native decoder (the 64 px hasher drafts 1200 rows at 1/8)
+    assert len(native_calls) == 16  # 8 files, twice through the native decoder (the 64 px hasher drafts 1200 rows at 1/8)
     data = {key: path.read_bytes() for key, path in files.items()}
     assert data["pillow", "0"] == data["auto", "0"] == data["auto", "2"]
 
@@ -262,15 +276,7 @@ def test_kill_9_then_resume_is_exact_with_the_native_decoder(tmp_path: Path, cap
 
     from test_reliability import _brcd, _env, _state, _wait_for
 
-    distinct = tmp_path / "distinct"
-    distinct.mkdir()
-    rng = np.random.default_rng(5)
-    sources = []
-    for k, (name, _, _) in enumerate(PHOTOGRAPHS[:6]):
-        photo = _photograph(name).convert("RGB").resize((1600, 1200), Image.BICUBIC)
-        noisy = np.clip(np.asarray(photo, dtype=np.float32) + rng.normal(0, 4, (1200, 1600, 3)), 0, 255).astype(np.uint8)
-        sources.append(distinct / f"{name}.jpg")
-        Image.fromarray(noisy).save(sources[-1], quality=90)
+    sources = _camera_folder(tmp_path / "distinct", [name for name, _, _ in PHOTOGRAPHS[:6]], np.random.default_rng(5))
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(600):  # hard links: every path is decoded in full, as a distinct file would be
