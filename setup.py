@@ -42,10 +42,11 @@ ext_modules = []
 # target pragma (docs/kernels.md). Elsewhere only the portable code is built.
 NATIVE = (
     # the scan kernels
-    ("brcd_cli._hamming_cpu", "csrc/hamming_cpu.cpp", ["csrc/cpu_features.h", "csrc/hamming_scan.h", "csrc/hamming_select.h"]),
+    ("brcd_cli._hamming_cpu", "csrc/hamming_cpu.cpp",
+     ["csrc/cpu_features.h", "csrc/choice_error_py.h", "csrc/hamming_scan.h", "csrc/hamming_select.h"]),
     # multi-index hashing (hash-table lookup); its SIMD build is chosen by the same header (CPU
     # features and BRCD_SIMD) as the scan's
-    ("brcd_cli._mih_cpu", "csrc/mih.cpp", ["csrc/cpu_features.h"]),
+    ("brcd_cli._mih_cpu", "csrc/mih.cpp", ["csrc/cpu_features.h", "csrc/choice_error_py.h"]),
     # JPEG straight to 1/8 scale (the draft decode of encode, search and serve); Pillow decodes
     # whatever it declines, and everything when it is not built
     ("brcd_cli._jpeg_cpu", "csrc/jpeg_cpu.cpp", ["csrc/jpeg_eighth.h"]),

@@ -872,6 +872,7 @@ def main() -> None:
         from .codes import CodesFileError
     except ImportError:  # pragma: no cover - the codes package is part of brcd
         CodesFileError = ()  # type: ignore[assignment,misc]
+    from .kernels._registry import BackendError  # a BRCD_* choice that names no backend, path or shape
     try:
         code = lazy_group(app)(standalone_mode=False)
     except click.NoArgsIsHelpError as exc:
@@ -893,6 +894,9 @@ def main() -> None:
     except CodesFileError as exc:  # type: ignore[misc]
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CODES_FILE)
+    except BackendError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(BrcdError.exit_code)
     except (KeyboardInterrupt, typer.Abort, click.Abort):
         typer.echo("interrupted; rerun the same command with --resume to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -86,9 +86,11 @@ def _gpu_info() -> dict[str, Any]:
 
 def _registry_info() -> dict[str, dict[str, str]]:
     """Each backend registry as it stands: preference order, the variable that forces one, every backend, the active one."""
+    from .data import jpeg_eighth
     from .kernels import cuda, dispatch, mih
 
-    registries = {"cpu_dispatch": dispatch.REGISTRY, "gpu_dispatch": cuda.REGISTRY, "lookup_dispatch": mih.REGISTRY}
+    registries = {"cpu_dispatch": dispatch.REGISTRY, "gpu_dispatch": cuda.REGISTRY, "lookup_dispatch": mih.REGISTRY,
+                  "jpeg_dispatch": jpeg_eighth.REGISTRY}
     return {key: _describe(registry) for key, registry in registries.items()}
 
 

@@ -19,11 +19,12 @@
 // BRCD_SIMD chooses the level: one of this architecture's names, or auto /
 // unset / empty for the best this CPU has; it is read on every call, so it can
 // change while a process runs. An unknown name, or a level this CPU cannot run,
-// is an error (std::invalid_argument, which pybind11 raises as ValueError)
-// naming the variable, the value and the choices, in the scan and the lookup
-// alike. A module that builds fewer levels runs the best one it has on the
-// chosen level's fallback chain (cap_to): the lookup has no avx2 build, so
-// avx2 runs its popcnt build there.
+// is an error (ChoiceError, a std::invalid_argument, which the bindings raise
+// as brcd_cli.kernels._registry.ChoiceError, a ValueError) naming the
+// variable, the value and the choices, in the scan and the lookup alike. A
+// module that builds fewer levels runs the best one it has on the chosen
+// level's fallback chain (cap_to): the lookup has no avx2 build, so avx2 runs
+// its popcnt build there.
 #pragma once
 
 #include <cctype>
@@ -69,6 +70,13 @@
 #endif
 
 namespace brcd {
+
+// A BRCD_* choice (a SIMD path, the AVX2 step shape) that is unknown or that this CPU cannot run. The Python
+// bindings raise it as brcd_cli.kernels._registry.ChoiceError (choice_error_py.h), the error every dispatch
+// raises for a name it does not have, so each command shows it as one line.
+struct ChoiceError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
 
 enum class Simd { scalar, popcnt, avx2, avx512, neon, sve };
 
@@ -193,7 +201,7 @@ inline Simd parse_simd(const std::string& value, const std::string& source) {
     for (const SimdLevel& l : kSimdLevels) {
         if (name != l.name) continue;
         if (!cpu_supports(l.level)) {
-            throw std::invalid_argument("SIMD path '" + value + "' (from " + source +
+            throw ChoiceError("SIMD path '" + value + "' (from " + source +
                                         ") needs instructions this CPU lacks; it can run " + supported_simd_names());
         }
         return l.level;
@@ -202,7 +210,7 @@ inline Simd parse_simd(const std::string& value, const std::string& source) {
     std::string choices;
     for (size_t i = sizeof(kSimdLevels) / sizeof(kSimdLevels[0]); i-- > 0;)
         choices += std::string(choices.empty() ? "" : ", ") + kSimdLevels[i].name;
-    throw std::invalid_argument("unknown SIMD path '" + value + "' (from " + source + "); choose one of " + choices +
+    throw ChoiceError("unknown SIMD path '" + value + "' (from " + source + "); choose one of " + choices +
                                 ", or auto (or empty) for the best this CPU has");
 }
 

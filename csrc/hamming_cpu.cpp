@@ -27,6 +27,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "choice_error_py.h"
+
 #include <atomic>
 #include <exception>
 #include <mutex>
@@ -41,7 +43,7 @@ namespace py = pybind11;
 
 // Bumped whenever the Python-visible API changes, so that a stale build left
 // over from an older checkout is reported instead of half-working.
-static constexpr int kApiVersion = 2;
+static constexpr int kApiVersion = 3;
 
 namespace {
 
@@ -576,6 +578,7 @@ std::string py_set_simd_path(const std::string& name) {
 PYBIND11_MODULE(_hamming_cpu, m) {
     m.doc() = "Native CPU Hamming kernels for packed binary codes (brcd).";
     m.attr("API_VERSION") = kApiVersion;
+    brcd::register_choice_error(m);
     m.def("hamming_distances", &py_hamming_distances, py::arg("queries"), py::arg("database"), py::arg("threads") = 0,
           "All-pairs Hamming distances, int32 (q, n).");
     m.def("knn", &py_knn, py::arg("queries"), py::arg("database"), py::arg("k"), py::arg("threads") = 0,

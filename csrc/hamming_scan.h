@@ -214,7 +214,7 @@ inline Avx2Step parse_avx2_step(const std::string& value) {
     const std::string name = normalised_simd_name(value);
     if (name.empty() || name == "auto" || name == "wide") return Avx2Step::wide;
     if (name == "narrow") return Avx2Step::narrow;
-    throw std::invalid_argument("unknown AVX2 step shape '" + value + "' (from environment variable " +
+    throw ChoiceError("unknown AVX2 step shape '" + value + "' (from environment variable " +
                                 kAvx2StepEnv + "); choose wide, narrow, or auto (or empty) for wide");
 }
 

@@ -34,7 +34,11 @@ static py::tuple decode_eighth(py::buffer data) {
     return py::make_tuple(array, std::string());
 }
 
+// brcd_cli/data/jpeg_eighth.py refuses a build of another version (a stale build left by an older checkout).
+static constexpr int kApiVersion = 1;
+
 PYBIND11_MODULE(_jpeg_cpu, m) {
+    m.attr("API_VERSION") = kApiVersion;
     m.doc() = "Baseline JPEG decoded straight to 1/8 scale, exactly as libjpeg-turbo does";
     m.def("decode_eighth", &decode_eighth, py::arg("data"),
           "(uint8 array, '') at 1/8 scale, or (None, reason) when the file is not one this decoder takes");

@@ -44,6 +44,7 @@
 // needed, so one build runs on any x86-64 CPU and on other architectures
 // (portable only).
 
+#include "choice_error_py.h"
 #include "cpu_features.h"
 
 #include <pybind11/numpy.h>
@@ -62,7 +63,7 @@
 
 namespace py = pybind11;
 
-static constexpr int kApiVersion = 1;
+static constexpr int kApiVersion = 2;
 static constexpr int kMaxWords = 8;  // codes up to 512 bits
 
 #define BRCD_INLINE inline __attribute__((always_inline))
@@ -864,6 +865,7 @@ class MultiIndex {
 PYBIND11_MODULE(_mih_cpu, mod) {
     mod.doc() = "Exact multi-index hashing over packed binary codes (brcd's hash-table lookup).";
     mod.attr("API_VERSION") = kApiVersion;
+    brcd::register_choice_error(mod);
     mod.def("build_tables", &build_tables, py::arg("codes"), py::arg("layout"), py::arg("direct"),
             "One (keys or None, offsets, ids, codes in bucket order) CSR table per (start, width) substring.");
     mod.def("cpu_features", []() {

@@ -11,16 +11,38 @@ Backends load lazily, once, on first use (importing a registry loads
 nothing); a backend that fails to load keeps its one-line reason. The
 environment variable is read on every selection, so a test or a user can
 switch backends without restarting the process.
+
+Asking for what a dispatch cannot give (a name it does not know, a backend
+that cannot run here) raises a :class:`BackendError`: the CLI shows it as one
+line whichever command met it, and the server refuses to start on it.
 """
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Iterable, Mapping, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from ._loading import load_once
 
 AUTO = "auto"
+
+
+class BackendError(Exception):
+    """A dispatch was asked for something it cannot give; the message is one line naming the variable and the choices.
+
+    The native extensions raise their own choices (``BRCD_SIMD``,
+    ``BRCD_AVX2_STEP``) as :class:`ChoiceError` too, so one ``except`` covers
+    every dispatch.
+    """
+
+
+class ChoiceError(BackendError, ValueError):
+    """A backend, SIMD path or shape name the dispatch does not have, or one this machine cannot run."""
+
+
+class UnavailableError(BackendError, RuntimeError):
+    """The backend asked for (or every backend) cannot be used here; the message says why."""
 
 
 class BackendRegistry:
@@ -92,7 +114,7 @@ class BackendRegistry:
         if name in ("", AUTO):
             return None
         if name not in self._loaders:
-            raise ValueError(
+            raise ChoiceError(
                 f"unknown {self.kind} backend {name!r} (from the {self._source(backend)}); "
                 f"choose one of {', '.join(self.names)} or {AUTO}"
             )
@@ -115,15 +137,15 @@ class BackendRegistry:
         name = self.requested(backend)
         reason = self.blocked()
         if reason is not None:
-            raise RuntimeError(f"no {self.kind} backend can run: {reason}")
+            raise UnavailableError(f"no {self.kind} backend can run: {reason}")
         if name is None:
             chosen = self.first_available(self.names)
             if chosen is None:
-                raise RuntimeError(f"no {self.kind} backend could be loaded: {self._status}")
+                raise UnavailableError(f"no {self.kind} backend could be loaded: {self._status}")
             return chosen
         obj = self.loaded(name)
         if name not in self._loaded:
-            raise RuntimeError(
+            raise UnavailableError(
                 f"{self.kind} backend {name!r} was requested by the {self._source(backend)} "
                 f"but is not available: {self._status[name]}"
             )
@@ -134,3 +156,18 @@ class BackendRegistry:
         if self.blocked() is not None:
             return None
         return self.select(None)[0]
+
+    @contextmanager
+    def forced(self, name: str) -> Iterator[None]:
+        """The environment variable set to ``name`` for the duration, then restored (benchmarks compare backends in one run)."""
+        if name not in self._loaders and name != AUTO:
+            raise ChoiceError(f"{self.env_var} takes {', '.join(self.names)} or {AUTO}, not {name!r}")
+        before = os.environ.get(self.env_var)
+        os.environ[self.env_var] = name
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(self.env_var, None)
+            else:
+                os.environ[self.env_var] = before

@@ -33,7 +33,7 @@ from ._loading import import_extension
 from ._registry import BackendRegistry
 
 ENV_VAR = "BRCD_KERNEL_BACKEND"
-_NATIVE_API_VERSION = 2
+_NATIVE_API_VERSION = 3
 _OPS = ("hamming_distances", "knn", "radius_search", "masked_similarity_packed")
 
 

@@ -36,7 +36,7 @@ from ._loading import import_extension
 from ._registry import BackendRegistry
 
 ENV_VAR = "BRCD_MIH_BACKEND"
-NATIVE_API_VERSION = 1
+NATIVE_API_VERSION = 2
 MAX_SUBSTRING_BITS = 32  # keys are uint32
 DIRECT_MAX_WIDTH = 24  # direct addressing up to 2^24 buckets (64 MiB of offsets) ...
 DIRECT_MAX_BUCKETS_PER_CODE = 4  # ... and no more than 4 buckets per indexed code (plus 2^16)

@@ -1,4 +1,4 @@
-"""The backend registry on its own, the three dispatchers built on it, and the one BRCD_SIMD parser of the C++ side."""
+"""The backend registry on its own, the dispatchers built on it, and the one BRCD_SIMD parser of the C++ side."""
 from __future__ import annotations
 
 import ast
@@ -12,8 +12,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 
+from brcd_cli.data import jpeg_eighth
 from brcd_cli.kernels import cuda, dispatch, mih
-from brcd_cli.kernels._registry import BackendRegistry
+from brcd_cli.kernels._registry import BackendError, BackendRegistry, ChoiceError, UnavailableError
 
 ENV = "BRCD_TEST_BACKEND"
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
@@ -120,6 +121,7 @@ def test_registry_precondition_blocks_every_backend_but_keeps_what_loaded(monkey
         (dispatch.REGISTRY, "kernel", "BRCD_KERNEL_BACKEND", ("native", "numba", "reference")),
         (cuda.REGISTRY, "GPU", "BRCD_GPU_BACKEND", ("cuda", "cupy", "torch")),
         (mih.REGISTRY, "lookup", "BRCD_MIH_BACKEND", ("native", "reference")),
+        (jpeg_eighth.REGISTRY, "JPEG decoder", "BRCD_JPEG_DECODER", ("native", "pillow")),
     ],
 )
 def test_each_dispatch_is_a_registry(
@@ -127,8 +129,15 @@ def test_each_dispatch_is_a_registry(
 ) -> None:
     assert (registry.kind, registry.env_var, registry.names) == (kind, env_var, names)
     monkeypatch.setenv(env_var, "nonsense")
-    with pytest.raises(ValueError, match=f"unknown {kind} backend 'nonsense' .*{env_var}.*{', '.join(names)} or auto"):
+    with pytest.raises(ChoiceError, match=f"unknown {kind} backend 'nonsense' .*{env_var}.*{', '.join(names)} or auto"):
         registry.select()
+    with pytest.raises(ChoiceError, match=f"{env_var} takes"):
+        with registry.forced("nonsense"):
+            pass
+    before = os.environ[env_var]
+    with registry.forced(names[-1]):
+        assert os.environ[env_var] == names[-1]
+    assert os.environ[env_var] == before
 
 
 def test_lookup_backend_requested_but_missing_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +148,7 @@ def test_lookup_backend_requested_but_missing_names_the_variable(monkeypatch: py
     codes = np.zeros((4, 8), np.uint8)
     assert mih.MultiIndex(64, mih.build_tables(codes)).backend == "reference"
     monkeypatch.setenv(mih.ENV_VAR, "native")
-    with pytest.raises(RuntimeError, match="'native' was requested by the environment variable BRCD_MIH_BACKEND"):
+    with pytest.raises(UnavailableError, match="'native' was requested by the environment variable BRCD_MIH_BACKEND"):
         mih.build_tables(codes)
 
 
@@ -184,6 +193,50 @@ def test_info_shows_every_registry(capsys: pytest.CaptureFixture, monkeypatch: p
     assert gpu["active"] == (cuda.active_gpu_backend() or "none (no CUDA device visible)")
 
 
+@pytest.mark.parametrize("variable, value, words", [
+    ("BRCD_KERNEL_BACKEND", "gpu", "unknown kernel backend 'gpu'"),
+    ("BRCD_SIMD", "mmx", "unknown SIMD path 'mmx'"),
+    ("BRCD_AVX2_STEP", "tall", "unknown AVX2 step shape 'tall'"),
+    ("BRCD_JPEG_DECODER", "turbo", "unknown JPEG decoder backend 'turbo'"),
+    ("BRCD_MIH_BACKEND", "gpu", "unknown lookup backend 'gpu'"),
+])
+def test_a_bad_backend_variable_is_one_error_line_in_any_command(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    variable: str, value: str, words: str,
+) -> None:
+    """Whichever dispatch reads it (the scan, its C++ SIMD choice, the decoder, the lookup), the CLI says one line."""
+    from conftest import run_cli
+
+    if variable in ("BRCD_SIMD", "BRCD_AVX2_STEP") and not NATIVE:
+        pytest.skip("the native scan reads the SIMD variables")
+    if variable == "BRCD_JPEG_DECODER" and jpeg_eighth.REGISTRY.status("native") != "available":
+        pytest.skip("only the native decoder's dispatch reads the variable")
+    codes = tmp_path / "c.bin"
+    assert run_cli(["encode", str(image_folder), "--model", "perceptual:dct64", "--out", str(codes)], capsys)[0] == 0
+    query = sorted(image_folder.rglob("*.jpg"))[0]
+    monkeypatch.setenv(variable, value)
+    commands = {
+        "BRCD_JPEG_DECODER": ["encode", str(image_folder), "--model", "perceptual:dct64", "--out", str(tmp_path / "d.bin")],
+        "BRCD_MIH_BACKEND": ["index", str(codes), "--out", str(tmp_path / "d.mih")],
+    }
+    args = commands.get(variable, ["search", str(query), "--codes", str(codes), "--model", "perceptual:dct64", "-k", "3"])
+    code, out, err = run_cli(args, capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert words in err and variable in err
+    assert not (tmp_path / "d.bin").exists() and not (tmp_path / "d.mih").exists()
+
+
+def test_every_registry_error_is_a_backend_error() -> None:
+    """One ``except`` in the CLI covers them: unknown names are ValueErrors, unusable backends RuntimeErrors."""
+    assert issubclass(ChoiceError, BackendError) and issubclass(ChoiceError, ValueError)
+    assert issubclass(UnavailableError, BackendError) and issubclass(UnavailableError, RuntimeError)
+    if NATIVE:
+        import brcd_cli._hamming_cpu as scan
+        import brcd_cli._mih_cpu as lookup
+
+        assert issubclass(scan.ChoiceError, ChoiceError) and issubclass(lookup.ChoiceError, ChoiceError)
+
+
 # -- one import direction -----------------------------------------------------------------------------------------
 
 
@@ -226,6 +279,7 @@ import json
 import numpy as np
 from brcd_cli import kernels
 from brcd_cli.kernels import mih
+from brcd_cli.kernels._registry import ChoiceError
 
 codes = np.arange(64, dtype=np.uint8).reshape(8, 8)
 errors = {}
@@ -236,7 +290,7 @@ for name, call in (
     try:
         call()
         errors[name] = None
-    except ValueError as exc:
+    except ChoiceError as exc:  # the registries' error, raised by the C++ side too
         errors[name] = str(exc)
 features = {"scan": kernels.native_features()["simd_path"], "lookup": mih.native_features()["path"]}
 print(json.dumps({"errors": errors, "features": features}))

@@ -22,9 +22,11 @@ from brcd_cli.data import jpeg_eighth
 from brcd_cli.data.photos import PHOTOGRAPHS, _photograph
 from brcd_cli.data.sources import DRAFT_BOX, decode_image, read_image_file
 from brcd_cli.errors import BrcdError
+from brcd_cli.kernels._registry import ChoiceError
 from conftest import run_cli
 
-pytestmark = pytest.mark.skipif(jpeg_eighth._jpeg_cpu is None, reason="native JPEG decoder not built")
+pytestmark = pytest.mark.skipif(jpeg_eighth.REGISTRY.status("native") != "available",
+                                reason=f"native JPEG decoder: {jpeg_eighth.REGISTRY.status('native')}")
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 
@@ -195,14 +197,14 @@ def test_bad_variable_is_one_error_line(tmp_path: Path, monkeypatch: pytest.Monk
     folder.mkdir()
     (folder / "a.jpg").write_bytes(_jpeg(_photograph("coffee"), quality=85))
     monkeypatch.setenv(jpeg_eighth.ENV_VAR, "turbo")
-    with pytest.raises(BrcdError, match="BRCD_JPEG_DECODER"):
+    with pytest.raises(ChoiceError, match="'turbo'.*BRCD_JPEG_DECODER"):
         decode_image((folder / "a.jpg").read_bytes(), "a", draft=8)
     code, out, err = run_cli(["encode", str(folder), "--model", "perceptual:dct64", "--out", str(tmp_path / "c.bin")], capsys)
-    assert code != 0 and "Traceback" not in err
-    assert "BRCD_JPEG_DECODER='turbo'" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "'turbo'" in err and "BRCD_JPEG_DECODER" in err and "native, pillow" in err
     assert not (tmp_path / "c.bin").exists()
     code, out, _ = run_cli(["info"], capsys)
-    assert code == 0 and "BRCD_JPEG_DECODER='turbo'" in out
+    assert code == 0 and "'turbo'" in out and "BRCD_JPEG_DECODER=turbo" in out
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")

@@ -220,6 +220,37 @@ def test_serve_refuses_to_expose_codes_without_a_token(served, capsys) -> None:
     assert code == 1 and "--codes" in err
 
 
+@pytest.mark.parametrize("variable, value", [("BRCD_SIMD", "mmx"), ("BRCD_KERNEL_BACKEND", "gpu"),
+                                             ("BRCD_AVX2_STEP", "tall")])
+def test_serve_refuses_a_bad_backend_variable_before_it_binds(served, capsys, monkeypatch, variable: str,
+                                                               value: str) -> None:
+    """Every request would meet the variable in the dispatch; the server says so once, at start, and never listens."""
+    if variable != "BRCD_KERNEL_BACKEND" and not os.environ.get("CI"):
+        pytest.importorskip("brcd_cli._hamming_cpu", reason="the native scan reads the SIMD variables")
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr("brcd_cli.serve.run_server", lambda *a, **k: pytest.fail("the server started listening"))
+    args = ["serve", "--codes", str(served["codes"]), "--model", str(served["model"]), "--port", "0"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"'{value}'" in err and variable in err and "serving at" not in out
+
+
+def test_a_server_fault_is_a_json_500_and_the_server_keeps_serving(served, service, url, monkeypatch) -> None:
+    good = (served["images"] / "red" / "red_0.jpg").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("/secret/path/of/the/server")
+
+    monkeypatch.setattr(service, "search", broken)
+    status, body, ctype = call(url, "/api/search?k=2", good)
+    assert status == 500 and ctype.startswith("application/json")
+    message = json.loads(body)["error"]
+    assert "RuntimeError" in message and "/secret" not in message and "\n" not in message
+    monkeypatch.undo()
+    status, body, _ = call(url, "/api/search?k=2", good)
+    assert status == 200 and json.loads(body)["count"] == 2
+
+
 def _chromium() -> Optional[str]:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

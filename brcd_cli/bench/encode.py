@@ -256,7 +256,7 @@ def _as_decoding(decoding: str) -> tuple[str, Any]:
     from ..data import jpeg_eighth
 
     if decoding == PILLOW_DRAFT:
-        return "draft", jpeg_eighth.forced("pillow")
+        return "draft", jpeg_eighth.REGISTRY.forced("pillow")
     return decoding, nullcontext()
 
 

@@ -13,76 +13,64 @@ restart layout, and on thousands of corrupted files).
 It takes baseline Huffman JPEGs with 8-bit samples, one or three components
 (YCbCr) and one scan; for anything else (progressive, CMYK, Adobe colour
 transforms, a corrupt stream, data past what it understands) it declines and
-Pillow decodes the file exactly as before. ``BRCD_JPEG_DECODER=pillow`` turns
-it off (``auto``, the default, uses it where it applies); ``brcd info`` says
-which runs.
+Pillow decodes the file exactly as before.
+
+The decoders are a backend registry like the kernels' (native > pillow): the
+``pillow`` backend declines every file. ``BRCD_JPEG_DECODER=pillow`` turns the
+native decoder off, ``native`` insists on it (an error where it is not built),
+``auto`` (the default) takes the first that loads; ``brcd info`` lists both
+and says which runs.
 """
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import BrcdError
+from ..kernels._loading import import_extension
+from ..kernels._registry import BackendError, BackendRegistry
 
 ENV_VAR = "BRCD_JPEG_DECODER"
-CHOICES = ("auto", "pillow")
+#: the extension's interface version (csrc/jpeg_cpu.cpp); an older build is refused, and Pillow decodes
+API_VERSION = 1
 
-try:
-    from .. import _jpeg_cpu  # type: ignore[attr-defined]
-except ImportError as exc:  # no compiler at install time: Pillow decodes everything
-    _jpeg_cpu = None
-    _MISSING = f"native decoder not built ({exc})"
-else:
-    _MISSING = ""
+#: ``decode(data) -> (pixels, "")``, or ``(None, why)`` where Pillow is to decode the file
+Decode = Callable[[bytes], tuple[Optional[np.ndarray], str]]
 
 
-def choice() -> str:
-    """The decoder ``BRCD_JPEG_DECODER`` asks for; a value it does not take is one error naming the variable."""
-    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if value not in CHOICES:
-        raise BrcdError(f"{ENV_VAR}={os.environ.get(ENV_VAR)!r} is not one of {', '.join(CHOICES)}")
-    return value
+def _native() -> Decode:
+    return import_extension("brcd_cli._jpeg_cpu", API_VERSION).decode_eighth
+
+
+def _declines(_: bytes) -> tuple[Optional[np.ndarray], str]:
+    return None, f"{ENV_VAR}=pillow"
+
+
+REGISTRY = BackendRegistry("JPEG decoder", ENV_VAR, {"native": _native, "pillow": lambda: _declines})
+
+
+def active() -> str:
+    """The decoder a 1/8-scale draft goes through now; a :class:`BackendError` for a value it does not take."""
+    return REGISTRY.select()[0]
 
 
 def enabled() -> bool:
-    """Whether 1/8-scale JPEG drafts go through the native decoder here."""
-    return _jpeg_cpu is not None and choice() == "auto"
+    """Whether 1/8-scale JPEG drafts go through the native decoder here (a :class:`BackendError` as for active)."""
+    return active() == "native"
 
 
 def status() -> str:
     """One line for ``brcd info``."""
     try:
-        wanted = choice()
-    except BrcdError as exc:
+        name = active()
+    except BackendError as exc:
         return str(exc)
-    if _jpeg_cpu is None:
-        return f"pillow ({_MISSING})"
-    if wanted == "pillow":
-        return f"pillow ({ENV_VAR}=pillow)"
-    return "native at 1/8 scale (the same pixels as Pillow's draft; Pillow for every other file and scale)"
-
-
-@contextmanager
-def forced(value: str) -> Iterator[None]:
-    """``BRCD_JPEG_DECODER=value`` for the duration (benchmarks compare the decoders in one run)."""
-    if value not in CHOICES:
-        raise ValueError(f"{ENV_VAR} takes {', '.join(CHOICES)}, not {value!r}")
-    before = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = before
+    if name == "native":
+        return "native at 1/8 scale (the same pixels as Pillow's draft; Pillow for every other file and scale)"
+    why = f"{ENV_VAR}=pillow" if REGISTRY.requested() == "pillow" else f"native: {REGISTRY.status('native')}"
+    return f"pillow ({why})"
 
 
 def decode(data: bytes) -> tuple[Optional[np.ndarray], str]:
     """``(pixels, "")``: uint8 (H, W) or (H, W, 3) at 1/8 scale, equal to Pillow's draft; or ``(None, reason)``."""
-    if _jpeg_cpu is None:
-        return None, _MISSING
-    return _jpeg_cpu.decode_eighth(data)
+    return REGISTRY.select()[1](data)

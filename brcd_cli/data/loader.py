@@ -311,9 +311,9 @@ class LoadOptions:
         """A decoder for these options; one clear error where it cannot run here (cuda without a GPU, or a
         ``BRCD_JPEG_DECODER`` it does not know), before any image is read."""
         if self.decoding == "draft":
-            from .jpeg_eighth import choice
+            from .jpeg_eighth import active
 
-            choice()
+            active()
         return DECODINGS[self.decoding]()
 
 

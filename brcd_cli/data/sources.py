@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from ..kernels._registry import BackendError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
@@ -170,7 +171,7 @@ def decode_image(data: Union[Path, bytes], name: str, draft: Optional[int] = Non
             if im.mode == "P":
                 im = im.convert("RGBA")
             return _to_8bit(im).convert("RGB")
-    except DataError:
+    except (DataError, BackendError):  # a bad BRCD_JPEG_DECODER is the user's setting, not this image's fault
         raise
     except Image.DecompressionBombError as exc:
         raise DataError(f"cannot read image {name}: {exc}") from None

@@ -63,6 +63,12 @@ def create_app(service: SearchService, token: Optional[str] = None, max_body: in
     async def user_error(_: Request, exc: BrcdError) -> JSONResponse:
         return error(400, str(exc))
 
+    @app.exception_handler(Exception)
+    async def server_fault(_: Request, exc: Exception) -> JSONResponse:
+        """A fault of the server, not of the request: JSON like every other answer, and no internals in it (the
+        traceback goes to the server's log, where its operator reads it)."""
+        return error(500, f"internal server error ({type(exc).__name__}); the server's log has the details")
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """The token on /api routes, and the body limit on every request (declared length first, then bytes read)."""

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
+
 from ..data import decode_image, to_tensor
 from ..encoding import packed_codes_of_images
 from ..errors import BrcdError
+from ..kernels._registry import BackendError
 from ..models import code_space_of, load_encoder
 from ..search import check_compatible, check_request, open_collection, query
 from .images import ItemImages
@@ -36,10 +39,23 @@ class SearchService:
         self.collection = open_collection(codes, collection=collection, use_index=use_index, log=log)
         try:
             check_compatible(self.collection, self.bits, self.code_space)
-        except BrcdError:
+            self._rehearse()
+        except (BrcdError, BackendError):
             self.collection.close()
             raise
         self.images = ItemImages.beside(self.collection, codes, roots)
+
+    def _rehearse(self) -> None:
+        """One k-NN and one radius search of an all-zero code before the server binds.
+
+        Why: every request searches through the kernel dispatch, which reads its
+        BRCD_* variables on each call; an unknown value there (or a forced
+        backend that cannot run) must stop ``brcd serve`` with one line now,
+        not answer every request with a 500.
+        """
+        probe = np.zeros((1, (self.bits + 7) // 8), dtype=np.uint8)
+        query(self.collection, probe, k=1)
+        query(self.collection, probe, radius=0)
 
     def info(self) -> dict[str, Any]:
         from .. import kernels
