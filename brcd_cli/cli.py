@@ -6,19 +6,20 @@ the README; only bugs show a traceback.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import typer
 
 from .errors import BrcdError, OptionError
 from . import choices
-from .options import positive, value_of
+from .options import VALID_BITS, positive, value_of
 
 app = typer.Typer(
     add_completion=False,
@@ -97,7 +98,7 @@ def train_teacher_cmd(
                                         "here, else the largest pretrained backbone available offline)"),
     method: choices.TeacherMethod = typer.Option("cibhash", help="cibhash (learned), or the closed-form floors lsh (random "
                                                  "hyperplanes) and itq (PCA + rotation) on the frozen features"),
-    bits: int = typer.Option(64, help="code length: 16, 32, 64 or 128 (any multiple of 8 up to 256)"),
+    bits: int = typer.Option(64, help=f"code length: one of {', '.join(map(str, VALID_BITS))}"),
     image_size: int = typer.Option(224, help="input size in pixels"),
     pretrained: str = typer.Option("auto", help="auto (timm's local cache, else an installed offline weights package; never the network), none, or a weights file"),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone/--train-backbone", help="default: frozen when pretrained"),
@@ -400,7 +401,7 @@ def search_cmd(
     queries: list[Path] = typer.Argument(..., help="query images, folders of them, or list files (one image path per line)"),
     codes: Optional[list[Path]] = typer.Option(None, "--codes", help="codes file from brcd encode; repeat for shards (searched as one)"),
     model: Path = typer.Option(..., "--model", help="model that encodes the query (a student for ASHP; perceptual:NAME for codes a perceptual hasher wrote)"),
-    k: int = typer.Option(10, "-k", "--k", help="number of nearest codes"),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="number of nearest codes (default: 10)"),
     radius: Optional[int] = typer.Option(None, help="return every code within this Hamming distance (inclusive) instead of -k"),
     milvus: Optional[str] = typer.Option(None, "--milvus", help="search a Milvus collection (server URI or Milvus Lite .db file) instead of codes files"),
     collection: Optional[str] = typer.Option(None, "--collection", help="Milvus collection (default: from brcd export milvus)"),
@@ -417,6 +418,9 @@ def search_cmd(
     from .errors import DataError
     from .pipeline import display_id, expand_queries, search_images
 
+    from .search import request_of
+
+    k, radius = request_of(k, radius)
     source, collection = _collection_source(codes, milvus, collection)
     paths = expand_queries(queries)
     results = search_images(paths, source, model, k=k, radius=radius, exact_scan=exact_scan, collection=collection, log=log,
@@ -467,7 +471,7 @@ def serve_cmd(
     codes: Optional[list[Path]] = typer.Option(None, "--codes", help="codes file to serve; repeat for shards (searched as one)"),
     model: Path = typer.Option(..., "--model", help="model that encodes the queries (a student for ASHP)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
-    port: int = typer.Option(8000, "--port", help="port (0: any free one, printed at start)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="port (0: any free one, printed at start)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="BRCD_TOKEN", help="require Authorization: Bearer TOKEN on the API"),
     insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without a token"),
     max_body_mb: float = typer.Option(20.0, "--max-body-mb", help="largest request body accepted, in MB"),
@@ -860,6 +864,21 @@ def lazy_group(typer_app: typer.Typer, name: Optional[str] = None, root: Optiona
                       no_args_is_help=setting(typer_app.info.no_args_is_help), rich_markup_mode=root.rich_markup_mode)
 
 
+def _interrupted(args: Sequence[str]) -> str:
+    """What to say after Ctrl-C: a command that keeps its work says how to continue it, any other only that it stopped.
+
+    ``--update`` continues an interrupted update by itself (it refuses ``--resume``), so its advice differs.
+    """
+    name = next((arg for arg in args if not arg.startswith("-")), "")
+    info = next((c for c in app.registered_commands if c.name == name and c.callback is not None), None)
+    params = inspect.signature(info.callback).parameters if info is not None else {}
+    if "update" in params and "--update" in args:
+        return "interrupted; rerun the same command to continue the update"
+    if "resume" in params:
+        return "interrupted; rerun the same command with --resume to continue"
+    return "interrupted"
+
+
 def main() -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback.
 
@@ -898,9 +917,9 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(BrcdError.exit_code)
     except (KeyboardInterrupt, typer.Abort, click.Abort):
-        typer.echo("interrupted; rerun the same command with --resume to continue", err=True)
+        typer.echo(_interrupted(sys.argv[1:]), err=True)
         sys.exit(EXIT_INTERRUPTED)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code itself
-        typer.echo("interrupted; rerun the same command with --resume to continue", err=True)
+        typer.echo(_interrupted(sys.argv[1:]), err=True)
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -162,10 +162,18 @@ def test_bad_uploads_get_a_4xx_and_the_server_keeps_serving(served, url, monkeyp
         (good, "?k=0", "k must be positive"),
         (good, "?radius=-2", "radius must be >= 0"),
         (good, "?k=ten", "k:"),
-        (good, "?item=99999", "no item 99999"),
+        (b"", "?item=99999", "no item 99999"),
+        (good, "?k=3&radius=2", "k cannot be given with a radius"),
+        (good, f"?k={2**63}", "k must be at most 2,147,483,647"),
+        (good, "?item=1", "not both"),
     ]
     for body, query, words in cases:
         assert words in error_of(*call(url, "/api/search" + query, body))
+    status, body, _ = call(url, f"/api/search?radius={2**63}", good)
+    assert status == 200 and json.loads(body)["count"] == 24  # beyond the bit length: everything
+    status, body, ctype = call(url, "/api/search")
+    assert status == 405 and ctype.startswith("application/json") and "use POST" in json.loads(body)["error"]
+    assert call(url, "/api/nothing-here")[0] == 404
     form, headers = multipart("picture", "x.png", good)
     assert 'field named "image"' in error_of(*call(url, "/api/search", form, headers))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the server shares this process: a 900-pixel "bomb"

@@ -4,7 +4,8 @@
         result = codes.search(packed_queries, k=10)     # or codes.range_search(packed_queries, radius=2)
         hits = result.hits(0)
 """
-from .base import Collection, Hit, Item, SearchResult, check_compatible, check_k, check_radius, check_request, query
+from .base import (Collection, Hit, Item, SearchResult, check_compatible, check_k, check_radius, check_request, query,
+                   request_of)
 from .flat import FlatCodes
 from .open_collection import open_codes_file, open_collection
 from .sharded import ShardedCollection
@@ -19,6 +20,7 @@ __all__ = [
     "check_compatible",
     "check_k",
     "check_radius",
+    "request_of",
     "check_request",
     "open_codes_file",
     "open_collection",

@@ -180,10 +180,17 @@ class CollectionBase:
         return f"{type(self).__name__}({self.name!r}, bits={self.bits}, count={self.count})"
 
 
+#: the largest k a request may ask for: far above any collection's size (a larger k than the collection returns
+#: every item), and within what the kernels take (a 64-bit k)
+MAX_K = 2**31 - 1
+
+
 def check_k(k: int) -> int:
-    """k of a k-NN request: a positive integer."""
+    """k of a k-NN request: a positive integer, at most :data:`MAX_K`."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise OptionError("k", f"must be positive, got {k}")
+    if k > MAX_K:
+        raise OptionError("k", f"must be at most {MAX_K:,} (a k above the collection's size returns every item), got {k}")
     return int(k)
 
 
@@ -191,7 +198,7 @@ def check_radius(radius: int) -> int:
     """radius of a range request: an integer >= 0 (beyond the bit length it finds everything)."""
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise OptionError("radius", f"must be >= 0, got {radius}")
-    return int(radius)
+    return min(int(radius), MAX_K)  # every radius from the bit length up finds the same: everything
 
 
 def check_request(k: Optional[int], radius: Optional[int]) -> None:
@@ -206,6 +213,24 @@ def check_request(k: Optional[int], radius: Optional[int]) -> None:
         raise OptionError("k", "is needed when no radius is given")
     else:
         check_k(k)
+
+
+#: k of a request that gives neither k nor a radius
+DEFAULT_K = 10
+
+
+def request_of(k: Optional[int], radius: Optional[int]) -> tuple[Optional[int], Optional[int]]:
+    """(k, radius) of a request that may leave either out: k-NN for :data:`DEFAULT_K` when both are left out.
+
+    Both given is an error rather than one silently ignored: a radius search
+    returns every code within the radius, whatever k says.
+    """
+    if k is not None and radius is not None:
+        raise OptionError("k", "cannot be given with a radius: a radius search returns every code within it")
+    if k is None and radius is None:
+        k = DEFAULT_K
+    check_request(k, radius)
+    return k, radius
 
 
 def query(collection: Collection, queries: np.ndarray, k: Optional[int] = None, radius: Optional[int] = None) -> SearchResult:

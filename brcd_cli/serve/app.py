@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..errors import BrcdError
+from ..search import request_of
 from .images import ItemNotFound
 from .service import SearchService
 
@@ -105,14 +106,18 @@ def create_app(service: SearchService, token: Optional[str] = None, max_body: in
         return service.info()
 
     @app.post("/api/search")
-    async def search(request: Request, k: int = 10, radius: Optional[int] = None, item: Optional[int] = None) -> dict[str, Any]:
+    async def search(request: Request, k: Optional[int] = None, radius: Optional[int] = None,
+                     item: Optional[int] = None) -> dict[str, Any]:
+        k, radius = request_of(k, radius)
         image: Optional[bytes] = None
+        body = await read_body(request)
         if item is None:
-            body = await read_body(request)
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 image = await _multipart_image(request, body)
             else:
                 image = body
+        elif body:
+            raise BrcdError("send an image or name a served item (?item=N), not both")
         return await run_in_threadpool(service.search, image, item, k, radius)
 
     @app.get("/api/thumb/{index}")
@@ -121,8 +126,16 @@ def create_app(service: SearchService, token: Optional[str] = None, max_body: in
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def not_found(rest: str) -> JSONResponse:
-        return error(404, f"no such page or API route: /{rest}")
+    async def not_found(request: Request, rest: str) -> JSONResponse:
+        """404 for a path no route has; 405, naming the methods it takes, for a route asked with another method."""
+        path = f"/{rest}"
+        allowed = sorted({method for route in app.routes if getattr(route, "path", None) == path
+                          for method in getattr(route, "methods", ()) or ()} - {"HEAD"})
+        if allowed:
+            response = error(405, f"{request.method} is not allowed on {path}; use {' or '.join(allowed)}")
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        return error(404, f"no such page or API route: {path}")
 
     return app
 
