@@ -317,3 +317,17 @@ def test_remove_of_unknown_ids_changes_nothing_unless_told(teacher, tmp_path: Pa
     assert code == 0 and json.loads(text) == {"path": str(out), "removed": 1, "count": 3, "missing": ["nope.jpg"]}
     assert run_cli(["remove", str(out)], capsys)[0] == 1
     assert run_cli(["remove", str(tmp_path / "none.bin"), "x"], capsys)[0] == 5
+
+
+def test_an_update_in_which_no_id_comes_back_says_why(teacher, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    """The folder given by its absolute path after a relative one: every id differs, so the note names both forms."""
+    _folder(tmp_path / "pics", 6)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "codes.bin"
+    assert _encode(Path("pics"), teacher, out, capsys=capsys)[0] == 0
+    code, err = _encode(tmp_path / "pics", teacher, out, "--update", capsys=capsys)
+    assert code == 0 and "0 unchanged, 6 new" in err
+    note = next(line for line in err.splitlines() if line.startswith("note: none of the 6 ids"))
+    assert "'pics/" in note and f"'{tmp_path / 'pics'}/" in note
+    code, err = _encode(tmp_path / "pics", teacher, out, "--update", capsys=capsys)
+    assert code == 0 and "note: none" not in err  # an ordinary update says nothing of the kind

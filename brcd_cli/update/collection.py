@@ -187,6 +187,8 @@ def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_s
             return result
         log(f"updating {out}: {result.unchanged} unchanged, {result.added} new, {result.changed} changed, "
             f"{result.removed} gone; encoding {result.encoded}")
+        if old is not None and old.count and len(source.ids) and result.removed == old.count:
+            log(_no_id_matched(old, source.ids))
         encoded = plan.to_encode
         new, skipped, since_ns = _encode_new(_subset(source, encoded), plan.stats[encoded], model_dir, out, batch_size,
                                              log, loading)
@@ -224,6 +226,15 @@ def encode_recorded(source: "ImageSource", model_dir: Path, out: Path, batch_siz
     if source.files is not None:
         record_files(source.ids, source.files, Path(out), since_ns, result.skipped, log)
     return result
+
+
+def _no_id_matched(old: CodesFile, ids: Sequence[str]) -> str:
+    """The note for an update in which no old id came back: most often the images were named another way
+    (an absolute path where a relative one was given, another working folder), which costs a full encode."""
+    first_old = next(iter(old.ids), "")
+    return (f"note: none of the {old.count} ids in the codes file is among today's (it has {first_old!r}, today's first "
+            f"is {ids[0]!r}); ids are the paths as given, so give the images as they were given when it was written "
+            "to keep their codes")
 
 
 def record_files(ids: Sequence[str], files: Sequence[Path], out: Path, since_ns: int, skipped: Sequence[tuple[str, str]],
