@@ -823,8 +823,10 @@ class _LazyCommands(Mapping[str, Any]):
     typer turns every command's signature into click parameters whenever the
     app runs, and the training commands' --method choices come from the method
     registry, which imports torch. Building only the command that runs keeps
-    ``brcd index`` and the other commands to the imports they use; --help and
-    a mistyped command name still see them all.
+    ``brcd index`` and the other commands to the imports they use; a mistyped
+    command name still sees them all. The group's own --help lists them from
+    summaries (name, help, hidden) while :meth:`listing` holds, so ``brcd
+    --help`` builds none of them either.
     """
 
     def __init__(self, typer_app: typer.Typer, root: typer.Typer) -> None:
@@ -836,12 +838,26 @@ class _LazyCommands(Mapping[str, Any]):
                                               rich_markup_mode=root.rich_markup_mode)
         for group in typer_app.registered_groups:
             self._makers[group.name] = partial(lazy_group, group.typer_instance, group.name, root)
+        self._summaries = {**{info.name: partial(_summary, info) for info in typer_app.registered_commands},
+                           **{group.name: partial(_group_summary, group) for group in typer_app.registered_groups}}
         self._built: dict[str, Any] = {}
+        self._listing = False
 
     def __getitem__(self, name: str) -> Any:
+        if self._listing and name not in self._built:
+            return self._summaries[name]()
         if name not in self._built:
             self._built[name] = self._makers[name]()
         return self._built[name]
+
+    @contextmanager
+    def listing(self) -> Iterator[None]:
+        """Look-ups answer with summaries for the duration: what a group's help needs of its commands."""
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._makers)
@@ -850,18 +866,42 @@ class _LazyCommands(Mapping[str, Any]):
         return len(self._makers)
 
 
+def _setting(value: Any) -> Any:
+    """A typer setting's value, whether given or left at typer's default."""
+    from typer.models import DefaultPlaceholder
+
+    return value.value if isinstance(value, DefaultPlaceholder) else value
+
+
+def _summary(info: Any) -> Any:
+    """A command as its group's help shows it (name, help, hidden), without building its parameters."""
+    import click
+
+    return click.Command(info.name, help=_setting(info.help) or inspect.getdoc(info.callback),
+                         short_help=_setting(info.short_help), hidden=bool(_setting(info.hidden)),
+                         deprecated=bool(_setting(info.deprecated)))
+
+
+def _group_summary(group: Any) -> Any:
+    import click
+
+    return click.Group(group.name, help=_setting(group.help) or _setting(group.typer_instance.info.help),
+                       hidden=bool(_setting(group.hidden)))
+
+
 def lazy_group(typer_app: typer.Typer, name: Optional[str] = None, root: Optional[typer.Typer] = None) -> Any:
     """The click group of a typer app (and of its sub-apps, which take the root's settings, as typer's do)
     whose commands are built on first use."""
     root = root or typer_app
     from typer.core import TyperGroup
-    from typer.models import DefaultPlaceholder
 
-    def setting(value: Any) -> Any:
-        return value.value if isinstance(value, DefaultPlaceholder) else value
+    class LazyGroup(TyperGroup):
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            with self.commands.listing():
+                super().format_help(ctx, formatter)
 
-    return TyperGroup(name=name, commands=_LazyCommands(typer_app, root), help=setting(typer_app.info.help),
-                      no_args_is_help=setting(typer_app.info.no_args_is_help), rich_markup_mode=root.rich_markup_mode)
+    return LazyGroup(name=name, commands=_LazyCommands(typer_app, root), help=_setting(typer_app.info.help),
+                     no_args_is_help=_setting(typer_app.info.no_args_is_help), rich_markup_mode=root.rich_markup_mode)
 
 
 def _interrupted(args: Sequence[str]) -> str:

@@ -151,6 +151,22 @@ def test_commands_that_need_no_network_do_not_import_torch(tmp_path: Path):
     script = ("import sys; from brcd_cli.cli import main\n"
               "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
               "print('torch' in sys.modules, 'brcd_cli.losses' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script, "index", str(codes)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False False"
+    for args in (["index", str(codes)], ["--help"], ["bench", "--help"]):  # a group's help lists summaries only
+        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "False False", args
+
+
+def test_the_help_lists_every_command_with_its_summary(capsys) -> None:
+    """The listing comes from summaries, not built commands: it must still say what each command does."""
+    from brcd_cli.cli import app
+
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    listed = {line.split()[0]: line for line in out.split("Commands:")[1].splitlines() if line.strip()}
+    names = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert sorted(listed) == sorted(names)
+    assert "Distil a teacher into a small student" in listed["distill"]
+    assert "Export codes to a serving system" in listed["export"]
+    code, out, _ = run_cli(["distill", "--help"], capsys)  # a command's own help is the built command's
+    assert code == 0 and "--method" in out
