@@ -363,7 +363,7 @@ def remove_cmd(
         return
     for item_id in result.missing:
         log(f"not in {codes}: {item_id}")
-    typer.echo(f"removed {result.removed} items from {codes}; {result.count} remain")
+    typer.echo(f"removed {result.removed} item{'' if result.removed == 1 else 's'} from {codes}; {result.count} remain")
 
 
 @app.command("duplicates")

@@ -331,3 +331,27 @@ def test_an_update_in_which_no_id_comes_back_says_why(teacher, tmp_path: Path, c
     assert "'pics/" in note and f"'{tmp_path / 'pics'}/" in note
     code, err = _encode(tmp_path / "pics", teacher, out, "--update", capsys=capsys)
     assert code == 0 and "note: none" not in err  # an ordinary update says nothing of the kind
+
+
+def test_remove_takes_a_non_utf8_id_as_brcd_prints_it(teacher, tmp_path: Path, capsys):
+    """brcd shows a file name's undecodable bytes as \\xNN escapes; that printed form (or the name itself) removes it."""
+    import io
+    import os
+
+    folder = _folder(tmp_path / "images", 3)
+    png = io.BytesIO()
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(png, format="PNG")
+    for name in (b"caf\xe9.png", b"th\xe9.png"):
+        with open(os.path.join(os.fsencode(folder), b"c0", name), "wb") as fh:
+            fh.write(png.getvalue())
+    out = tmp_path / "codes.bin"
+    assert _encode(folder, teacher, out, capsys=capsys)[0] == 0
+    code, shown, _ = run_cli(["search", str(folder / "c0" / "img_0000.png"), "--codes", str(out), "--model", str(teacher),
+                              "-k", "5"], capsys)
+    printed = f"{folder}/c0/caf\\xe9.png"
+    assert code == 0 and printed in shown.split()
+    raw_id = os.fsencode(folder / "c0").decode("utf-8", "surrogateescape") + b"/th\xe9.png".decode("utf-8", "surrogateescape")
+    code, text, err = run_cli(["remove", str(out), printed, raw_id], capsys)
+    assert code == 0, err
+    with read_codes(out) as codes:
+        assert codes.count == 3 and not any("\udce9" in item_id for item_id in codes.ids)

@@ -8,6 +8,7 @@ collection's size whatever the number of items.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,25 @@ class RemoveResult:
         return {"path": str(self.path), "removed": self.removed, "count": self.count, "missing": self.missing}
 
 
+#: how brcd prints a byte of a file name that is not UTF-8 (\xe9; pipeline.display_id): always 0x80 or above
+_SHOWN_BYTE = re.compile(rb"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def id_forms(item_id: str) -> set[bytes]:
+    """The stored ids that an id a user gives may stand for: itself, and, where it holds ``\\xNN`` escapes, the
+    bytes they stand for. Why: brcd prints a non-UTF-8 file name's bytes as such escapes, and its help says ids
+    are given as brcd prints them, so an id copied from its output must find its item."""
+    raw = encode_id(item_id)
+    return {raw, _SHOWN_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)}
+
+
 def positions_of(codes: CodesFile, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """The sorted positions of every item whose id is one of ``ids``, and the ids found nowhere."""
-    wanted = {encode_id(item_id): item_id for item_id in ids}
+    """The sorted positions of every item whose id is one of ``ids`` (in any of its :func:`id_forms`), and the
+    ids found nowhere."""
+    wanted: dict[bytes, list[str]] = {}
+    for item_id in ids:
+        for raw in id_forms(item_id):
+            wanted.setdefault(raw, []).append(item_id)
     lengths_wanted = np.fromiter({len(raw) for raw in wanted}, np.uint64)
     found: list[int] = []
     seen: set[bytes] = set()
@@ -57,7 +74,8 @@ def positions_of(codes: CodesFile, ids: Sequence[str]) -> tuple[np.ndarray, list
             if candidate in wanted:
                 found.append(start + j)
                 seen.add(candidate)
-    missing = [item_id for raw, item_id in wanted.items() if raw not in seen]
+    found_ids = {item_id for raw in seen for item_id in wanted[raw]}
+    missing = list(dict.fromkeys(item_id for item_id in ids if item_id not in found_ids))
     return np.asarray(found, np.int64), missing
 
 
