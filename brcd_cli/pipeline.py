@@ -276,11 +276,13 @@ class QueryResult:
 def expand_queries(paths: Sequence[Path]) -> list[Path]:
     """Query images from what the user named: image files, folders of them (recursively, sorted), or list files.
 
-    A list file names one image per line (the first field, relative to the
-    file: the deep-hashing layout, labels ignored). A name that does not exist
-    stays as it is, so that its search says it was not found.
+    A list file names one image per line, relative to the file, read as a
+    data list file's line is (:func:`~brcd_cli.data.sources.split_list_line`:
+    a path may hold spaces; labels after it, the deep-hashing layout, are
+    ignored). A name that does not exist stays as it is, so that its search
+    says it was not found.
     """
-    from .data.sources import IMAGE_EXTENSIONS, find_images
+    from .data.sources import IMAGE_EXTENSIONS, find_images, split_list_line
 
     out: list[Path] = []
     for path in map(Path, paths):
@@ -294,7 +296,7 @@ def expand_queries(paths: Sequence[Path]) -> list[Path]:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(f"cannot read query list {path}: {exc}") from None
-            out += [path.parent / line.split()[0] for line in lines if line.strip()]
+            out += [path.parent / split_list_line(line)[0] for line in lines if line.strip()]
         else:
             out.append(path)
     return out

@@ -1,7 +1,8 @@
 """Image collections, splits and augmentation."""
 from .augment import Augmenter, iter_batches, load_batch, load_batch_tolerant, preload, to_tensor
 from .photos import photos_source
-from .sources import ImageSource, decode_image, digits_source, open_source, read_image_file, synthetic_source
+from .sources import (ImageSource, decode_image, digits_source, open_source, read_image_file, split_list_line,
+                      synthetic_source)
 from .splits import Split, make_split
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "preload",
     "read_image_file",
     "decode_image",
+    "split_list_line",
     "synthetic_source",
     "to_tensor",
 ]

@@ -20,7 +20,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -35,6 +37,23 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 
 # Pillow refuses images above this many pixels (decompression bombs) with an error.
 Image.MAX_IMAGE_PIXELS = 89_478_485
+
+
+def quiet_bomb_warnings() -> None:
+    """Silence Pillow's DecompressionBombWarning (images between 1x and 2x ``MAX_IMAGE_PIXELS``), and only it.
+
+    :func:`decode_image` checks the declared size itself and refuses such an image with a one-line
+    DataError, so Pillow's two-line warning on stderr before it is noise. The filter is process-wide and
+    installed once, when this module is imported (here, and in every worker process, which imports it to
+    decode): ``warnings.catch_warnings`` around each ``Image.open`` would swap the global filter list from
+    decoder threads at once, which is not thread-safe, and an installed filter is only read. It is scoped by
+    category (nothing else is hidden); Pillow issues the warning from ``PIL.Image`` whoever called open,
+    so no filter can tell brcd's opens from another library's in the same process. Idempotent.
+    """
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+quiet_bomb_warnings()
 
 #: A draft keeps the shorter side at least this many times the input size, so that Pillow's resize still
 #: reduces by 2x or more with its own filter: on 200 real photographs at their own sizes a lite0 student's
@@ -333,8 +352,53 @@ def folder_source(root: Path) -> ImageSource:
     )
 
 
+def _is_integer(token: str) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
+def split_list_line(line: str) -> tuple[str, list[str]]:
+    """One list-file line as (path, label fields); ``("", [])`` for a blank line.
+
+    The deep-hashing layout is ``relative/path.jpg 0 1 0 ...``: the path, then an optional
+    multi-hot label vector. A path may contain spaces (and any other character but a TAB and
+    a line break), so the line is not split at every blank:
+
+    * with a TAB, the path is everything before the first TAB and the labels are the fields after it;
+    * without one, the labels are the trailing run of whitespace-separated integers and the path is
+      the rest of the line, inner whitespace kept (``Kaffee tasse.jpg 0 1`` is ``Kaffee tasse.jpg``).
+
+    Only the surrounding whitespace of the line and of the path is stripped. A line of integers
+    only keeps its first field as the path. Where the path so found does not end in an image name but
+    its first field does (``a.jpg 0 x 1``), that is a broken label vector, not a name with spaces: the
+    label fields are everything after the first field, so that :func:`list_source` says they are not integers.
+    """
+    text = line.strip()
+    if not text:
+        return "", []
+    if "\t" in text:
+        path, _, rest = text.partition("\t")
+        return path.strip(), rest.split()
+    fields = list(re.finditer(r"\S+", text))
+    n = len(fields)
+    while n > 1 and _is_integer(fields[n - 1].group()):  # the first field is the path even if it is a number
+        n -= 1
+    path = text[: fields[n - 1].end()]
+    labels = [f.group() for f in fields[n:]]
+    first = fields[0].group()
+    if n > 1 and Path(path).suffix.lower() not in IMAGE_EXTENSIONS and Path(first).suffix.lower() in IMAGE_EXTENSIONS:
+        return first, [f.group() for f in fields[1:]]  # ``a.jpg 0 x 1``: bad labels, not a name with spaces
+    return path, labels
+
+
 def list_source(list_file: Path) -> ImageSource:
-    """A deep-hashing list file: ``relative/path.jpg 0 1 0 ...`` (multi-hot), paths relative to the file."""
+    """A deep-hashing list file: ``relative/path.jpg 0 1 0 ...`` (multi-hot), paths relative to the file.
+
+    Each non-blank line is one image; :func:`split_list_line` says how a path with spaces is told from its labels.
+    """
     base = list_file.parent
     paths: list[Path] = []
     rows: list[list[int]] = []
@@ -343,16 +407,16 @@ def list_source(list_file: Path) -> ImageSource:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read list file {list_file}: {exc}") from None
     for lineno, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if not parts:
+        path, fields = split_list_line(line)
+        if not path:
             continue
         try:
-            row = [int(v) for v in parts[1:]]
+            row = [int(v) for v in fields]
         except ValueError:
-            raise DataError(f"{list_file}:{lineno}: labels must be integers 0/1, got {' '.join(parts[1:])!r}") from None
+            raise DataError(f"{list_file}:{lineno}: labels must be integers 0/1, got {' '.join(fields)!r}") from None
         if rows and len(row) != len(rows[0]):
             raise DataError(f"{list_file}:{lineno}: expected {len(rows[0])} labels, found {len(row)}")
-        paths.append(base / parts[0])
+        paths.append(base / path)
         rows.append(row)
     if not paths:
         raise DataError(f"list file {list_file} names no images")
