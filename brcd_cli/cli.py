@@ -69,6 +69,20 @@ def _quiet(message: str) -> None:
     """Workers other than rank 0 stay silent so that torchrun's output reads like one process's."""
 
 
+def _skip_bad(doing: str) -> Any:
+    """The --skip-bad option of a command that reads a whole collection before it starts (training, evaluating)."""
+    return typer.Option(False, "--skip-bad", help=f"{doing} without the images that cannot be read, naming each "
+                        "(default: refuse, naming them all)")
+
+
+def _readable(data: str, skip_bad: bool, say: Callable[[str], None] = log) -> Any:
+    """The collection ``data`` names, every image checked to decode first (data/screen.py says why)."""
+    from .data import open_source
+    from .data.screen import readable
+
+    return readable(open_source(data), skip_bad, log=say)
+
+
 def _parse_clusters(value: str) -> Optional[int]:
     if value == "auto":
         return None
@@ -119,9 +133,9 @@ def train_teacher_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     force: bool = typer.Option(False, help="overwrite a model already in --out"),
+    skip_bad: bool = _skip_bad("train"),
 ) -> None:
     """Train a teacher: CIBHash (NT-Xent on straight-through sign codes + Bernoulli KL bottleneck), or an LSH or ITQ floor."""
-    from .data import open_source
     from .training import TeacherOptions, train_teacher
     from .threads import set_threads
 
@@ -133,7 +147,8 @@ def train_teacher_cmd(
         fit=_fit(epochs, batch_size, lr, patience, time_budget, seed, save_every),
     )
     with _workers() as world:  # one process, or one of several under torchrun
-        train_teacher(open_source(data), out, options, resume=resume, force=force, log=log if world.is_main else _quiet)
+        say = log if world.is_main else _quiet
+        train_teacher(_readable(data, skip_bad, say), out, options, resume=resume, force=force, log=say)
 
 
 @app.command("distill")
@@ -172,9 +187,9 @@ def distill_cmd(
     threads: Optional[int] = typer.Option(None),
     resume: bool = typer.Option(False),
     force: bool = typer.Option(False),
+    skip_bad: bool = _skip_bad("train"),
 ) -> None:
     """Distil a teacher into a small student with BRCD (clusters and bit masks are computed here and saved beside it)."""
-    from .data import open_source
     from .training import DistillOptions, distill
     from .threads import set_threads
 
@@ -188,7 +203,8 @@ def distill_cmd(
         weight=weight, feature_cache=feature_cache, cache_views=cache_views, cache_dir=cache_dir,
     )
     with _workers() as world:
-        distill(open_source(data), teacher, out, options, resume=resume, force=force, log=log if world.is_main else _quiet)
+        say = log if world.is_main else _quiet
+        distill(_readable(data, skip_bad, say), teacher, out, options, resume=resume, force=force, log=say)
 
 
 @app.command("experiment")
@@ -225,9 +241,9 @@ def experiment_cmd(
     cache_views: int = typer.Option(8, help="augmented views per image in the feature cache"),
     threads: Optional[int] = typer.Option(None),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    skip_bad: bool = _skip_bad("run"),
 ) -> None:
     """Run (or continue) BRCD vs KD baselines and ablations over bit lengths and seeds; write results.md, results.csv and plots."""
-    from .data import open_source
     from .experiment import ExperimentOptions, parse_bits, parse_methods, run_experiment
     from .training import DistillOptions, TeacherOptions
     from .threads import set_threads
@@ -247,7 +263,7 @@ def experiment_cmd(
                                fit=_fit(epochs, batch_size, lr, patience, time_budget, 0)),
         command="brcd " + " ".join(sys.argv[1:]),
     )
-    summary = run_experiment(open_source(data), out, options, log=log)
+    summary = run_experiment(_readable(data, skip_bad), out, options, log=log)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -741,15 +757,15 @@ def evaluate_cmd(
     seed: int = typer.Option(0, help="split seed (use the training seed)"),
     as_json: bool = typer.Option(False, "--json"),
     threads: Optional[int] = typer.Option(None),
+    skip_bad: bool = _skip_bad("evaluate"),
 ) -> None:
     """mAP@K (ties by index, and tie-aware) and precision within radius 2 for teacher-teacher, ASHP and SSHP."""
-    from .data import open_source
     from .evaluation.protocol import default_top_k, evaluate_models
     from .models import load_model
     from .threads import set_threads
 
     set_threads(threads)
-    source = open_source(data)
+    source = _readable(data, skip_bad)
     t, _ = load_model(teacher)
     s = load_model(student)[0] if student is not None else None
     scores = evaluate_models(source, t, s, seed=seed, top_k=top_k if top_k is not None else default_top_k(source), log=log)

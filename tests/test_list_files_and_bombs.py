@@ -111,3 +111,23 @@ def test_bomb_in_encode_is_skipped_without_pillow_warning(tmp_path: Path) -> Non
     assert len(skipped) == 2 and all("decompression bomb" in line for line in skipped), result.stderr
     assert all(line.startswith(("skipped ", "wrote ")) for line in result.stderr.splitlines()), result.stderr
     assert "3 codes" in result.stderr or "3 codes" in result.stdout
+
+
+def test_an_embedded_data_name_that_is_also_a_path_here_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys) -> None:
+    """A folder called photos (or digits) in the working directory: the name is ambiguous, so neither is taken."""
+    from brcd_cli.data import open_source
+    from brcd_cli.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("photos", "digits"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / name / "a.png")
+        with pytest.raises(DataError, match=f"write ./{name}"):
+            open_source(name)
+        mine = open_source(f"./{name}")
+        assert len(mine) == 1 and mine.files is not None
+    assert open_source("photos:2").name == "photos" and len(open_source("photos:2")) > 1  # the explicit form still works
+    code, _, err = run_cli(["encode", "photos", "--model", "perceptual:dct64", "--out", str(tmp_path / "c.bin")], capsys)
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "./photos" in err
+    assert not (tmp_path / "c.bin").exists()

@@ -164,14 +164,14 @@ def scores(found: set[frozenset[str]], truth: set[frozenset[str]]) -> dict[str, 
 
 def default_model(work: Path, log: Callable[[str], None]) -> Path:
     """tf_efficientnet_lite0 at 128 px, ImageNet weights (offline), 64 bits with an ITQ head fitted on ``photos``."""
-    from ..data import open_source
+    from ..data import photos_source
     from ..training import FitOptions, TeacherOptions, train_teacher
 
     folder = work / "lite0-128-itq64"
     if not (folder / "config.json").is_file():
         options = TeacherOptions(arch="tf_efficientnet_lite0", bits=64, image_size=128, pretrained="auto", method="itq",
                                  fit=FitOptions(epochs=1, batch_size=64))
-        train_teacher(open_source("photos"), folder, options, force=True, log=log)
+        train_teacher(photos_source(), folder, options, force=True, log=log)
     return folder
 
 

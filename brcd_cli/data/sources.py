@@ -116,6 +116,25 @@ class ImageSource:
             files=self.files[lo:hi] if self.files is not None else None,
         )
 
+    def take(self, indices: Sequence[int]) -> "ImageSource":
+        """The items at ``indices``, in that order, as a source of their own (same name and recipe): labels,
+        files and protocol groups follow them (a group keeps the chosen items it held, renumbered)."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        where = np.full(len(self.ids), -1, dtype=np.int64)
+        where[chosen] = np.arange(len(chosen))
+        loader = self.loader
+        picked = chosen.tolist()
+        return ImageSource(
+            name=self.name,
+            ids=[self.ids[i] for i in picked],
+            loader=lambda j: loader(picked[j]),
+            labels=self.labels[chosen] if self.labels is not None else None,
+            class_names=self.class_names,
+            augment=self.augment,
+            protocol={name: where[group][where[group] >= 0] for name, group in self.protocol.items()},
+            files=[self.files[i] for i in picked] if self.files is not None else None,
+        )
+
     @property
     def labelled(self) -> bool:
         return self.labels is not None and self.labels.shape[0] == len(self.ids)
@@ -483,8 +502,26 @@ def cifar10_source(root: Path) -> ImageSource:
     )
 
 
+def _embedded_name(spec: str) -> Optional[str]:
+    """The embedded data set ``spec`` names (digits, photos[:N], synthetic[:N]), or None for a path."""
+    name = spec.partition(":")[0]
+    if spec == "digits" or (name in ("photos", "synthetic") and (spec == name or ":" in spec)):
+        return name
+    return None
+
+
 def open_source(spec: str) -> ImageSource:
-    """Resolve a ``DATA`` argument: ``digits``, ``synthetic[:N]``, ``photos[:N]``, a CIFAR-10 folder, an image folder or a list file."""
+    """Resolve a ``DATA`` argument: ``digits``, ``synthetic[:N]``, ``photos[:N]``, a CIFAR-10 folder, an image folder or a list file.
+
+    A name of an embedded data set that is also a path here is refused: a
+    folder called ``photos`` in the working directory is far more likely what
+    its owner means than the embedded photographs, and taking either silently
+    would encode (or train on) the wrong images.
+    """
+    embedded = _embedded_name(spec)
+    if embedded is not None and os.path.lexists(spec):
+        raise DataError(f"{spec!r} names both brcd's embedded {embedded} data and the path {spec} here: "
+                        f"write ./{spec} (or its full path) for yours, or run from another folder for the embedded one")
     if spec == "digits":
         return digits_source()
     if spec == "photos" or spec.startswith("photos:"):

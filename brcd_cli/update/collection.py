@@ -190,7 +190,7 @@ def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_s
         if old is not None and old.count and len(source.ids) and result.removed == old.count:
             log(_no_id_matched(old, source.ids))
         encoded = plan.to_encode
-        new, skipped, since_ns = _encode_new(_subset(source, encoded), plan.stats[encoded], model_dir, out, batch_size,
+        new, skipped, since_ns = _encode_new(source.take(encoded), plan.stats[encoded], model_dir, out, batch_size,
                                              log, loading)
         stack.enter_context(new)
         skipped_ids = {item_id for item_id, _ in skipped}
@@ -286,17 +286,6 @@ def check_reusable(old: CodesFile, model_dir: Path, loading: "LoadOptions") -> N
                         "everything again with --force")
 
 
-def _subset(source: "ImageSource", indices: np.ndarray) -> "ImageSource":
-    """The items at ``indices`` as a source of their own, under the same name (so its metadata is the whole folder's)."""
-    from ..data import ImageSource
-
-    chosen = indices.tolist()
-    loader = source.loader
-    files = source.files or []
-    return ImageSource(name=source.name, ids=[source.ids[i] for i in chosen], loader=lambda j: loader(chosen[j]),
-                       class_names=source.class_names, augment=source.augment, files=[files[i] for i in chosen])
-
-
 def _plan_digest(sub: "ImageSource", stats: np.ndarray) -> str:
     digest = hashlib.sha256(stats.tobytes())
     for item_id in sub.ids:
@@ -337,7 +326,7 @@ def _encode_new(sub: "ImageSource", stats: np.ndarray, model_dir: Path, out: Pat
         if target.exists() or partial_dir(target).exists() or not len(sub):
             raise
         skipped = _reasons(sub)  # no new image could be read: the update still drops the gone ones
-        encode_collection(_subset(sub, np.zeros(0, np.int64)), model_dir, target, overwrite=True, log=log, loading=loading)
+        encode_collection(sub.take(np.zeros(0, np.int64)), model_dir, target, overwrite=True, log=log, loading=loading)
     return read_codes(target), skipped, since_ns
 
 
