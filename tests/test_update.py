@@ -355,3 +355,52 @@ def test_remove_takes_a_non_utf8_id_as_brcd_prints_it(teacher, tmp_path: Path, c
     assert code == 0, err
     with read_codes(out) as codes:
         assert codes.count == 3 and not any("\udce9" in item_id for item_id in codes.ids)
+
+
+def test_an_unreadable_file_is_left_alone_until_it_changes(teacher, tmp_path: Path, capsys, monkeypatch):
+    """It was new at every update once (decoded again, counted as new); now it waits, listed, until its file changes."""
+    from brcd_cli.data.sources import ImageSource
+
+    folder = _folder(tmp_path / "images", 6)
+    (folder / "c0" / "empty.png").write_bytes(b"")
+    (folder / "c1" / "notes.png").write_bytes(b"not an image")
+    out = tmp_path / "codes.bin"
+    assert _encode(folder, teacher, out, capsys=capsys)[0] == 3
+    decoded: list[str] = []
+    real = ImageSource.load
+    monkeypatch.setattr(ImageSource, "load", lambda self, i, draft=None: (decoded.append(self.ids[i]), real(self, i, draft))[1])
+    code, err = _encode(folder, teacher, out, "--update", capsys=capsys)
+    assert code == 3 and "is up to date (6 images unchanged; 2 unreadable as before)" in err and not decoded
+    assert "skipped 2 unreadable image(s)" in err
+    assert _encode(folder, teacher, out, "--update", "--skip-bad", capsys=capsys)[0] == 0
+    _image(folder / "c0" / "empty.png", 99)  # mended: encoded by the next update, the other still waits
+    _image(folder / "c2" / "more.png", 98)
+    code, err = _encode(folder, teacher, out, "--update", capsys=capsys)
+    assert code == 3 and "0 gone; 1 unreadable as before; encoding 2" in err.replace("6 unchanged, 2 new, 0 changed, ", "")
+    assert set(decoded) == {str(folder / "c0" / "empty.png"), str(folder / "c2" / "more.png")}
+    skipped = (tmp_path / "codes.bin.skipped.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[0] for line in skipped] == [str(folder / "c1" / "notes.png")]
+    assert out.read_bytes() == _full_encode_bytes(folder, teacher, tmp_path / "full", capsys)
+    (folder / "c1" / "notes.png").write_bytes(b"still not an image, but changed")
+    decoded.clear()
+    code, err = _encode(folder, teacher, out, "--update", capsys=capsys)
+    assert code == 3 and set(decoded) == {str(folder / "c1" / "notes.png")} and "unreadable as before" not in err
+
+
+def test_a_version_1_record_of_files_is_still_read(teacher, tmp_path: Path, capsys):
+    """Records written before the section of unreadable files was added keep their codes (no full encode)."""
+    import struct
+    import zlib
+
+    folder = _folder(tmp_path / "images", 6)
+    out = tmp_path / "codes.bin"
+    assert _encode(folder, teacher, out, capsys=capsys)[0] == 0
+    table = stat_table.table_path(out)
+    raw = table.read_bytes()
+    fields = list(stat_table._HEADER.unpack(raw[: stat_table.HEADER_SIZE]))
+    body = raw[stat_table.HEADER_SIZE : stat_table.HEADER_SIZE + fields[3] * stat_table.RECORD.itemsize]
+    fields[1], fields[5], fields[7] = 1, zlib.crc32(body), 0
+    head = stat_table._HEADER.pack(*fields)
+    table.write_bytes(head[:-8] + struct.pack("<I", zlib.crc32(head[:-8])) + bytes(4) + body)
+    code, err = _encode(folder, teacher, out, "--update", capsys=capsys)
+    assert code == 0 and "is up to date (6 images unchanged)" in err

@@ -34,7 +34,8 @@ from ..codes.merge import Run, splice_codes
 from ..codes.partial import partial_dir, read_skipped, skipped_path, write_skipped
 from ..errors import BrcdError, DataError
 from .commit import STAGED_CODES, STAGED_TABLE, commit, finish_pending, staging_dir
-from .stat_table import CodesIdentity, now_ns, read_table, stat_files, table_path, trusted, unchanged, write_table
+from .stat_table import (CodesIdentity, now_ns, read_table, read_unreadable, stat_files, table_path, trusted, unchanged,
+                         write_table)
 
 if TYPE_CHECKING:  # the data layer imports torch, which removing items or reading records never needs
     from ..data import ImageSource
@@ -57,6 +58,8 @@ class UpdateResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     skipped_file: Optional[Path] = None
     seconds: float = 0.0
+    #: images that could not be read last time either, their files unchanged: left alone (and still in ``skipped``)
+    unreadable_as_before: int = 0
 
     @property
     def encoded(self) -> int:
@@ -70,6 +73,7 @@ class UpdateResult:
     def to_dict(self) -> dict:
         return {"out": str(self.out), "count": self.count, "unchanged": self.unchanged, "added": self.added,
                 "changed": self.changed, "removed": self.removed, "skipped": len(self.skipped),
+                "unreadable_as_before": self.unreadable_as_before,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -171,22 +175,29 @@ def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_s
     finish_pending(out, log)
     with contextlib.ExitStack() as stack:
         old = stack.enter_context(read_codes(out)) if out.exists() else None
-        records = None
+        records, known_bad = None, {}
         if old is not None:
             check_reusable(old, model_dir, loading)
-            records, why = read_table(table_path(out), CodesIdentity.of(old))
+            identity = CodesIdentity.of(old)
+            records, why = read_table(table_path(out), identity)
             if records is None and old.count:
                 log(f"note: {why}, so every image of {out} is encoded again this once")
-        plan = plan_update(source.ids, stat_files(files), old, records)
+            known_bad = read_unreadable(table_path(out), identity) if records is not None else {}
+        stats = stat_files(files)
+        source, stats, still_bad = _set_aside_still_unreadable(source, stats, known_bad, read_skipped(out))
+        plan = plan_update(source.ids, stats, old, records)
         result = UpdateResult(out, count=0, unchanged=int(plan.reuse.sum()), added=plan.added, changed=plan.changed,
-                              removed=plan.removed)
+                              removed=plan.removed, unreadable_as_before=len(still_bad))
+        as_before = f"; {len(still_bad)} unreadable as before" if still_bad else ""
         if old is not None and plan.keeps_old_file():
             result.count = old.count
+            result.skipped = [(item_id, reason) for item_id, (reason, _) in still_bad.items()]
+            result.skipped_file = skipped_path(out) if still_bad else None
             result.seconds = time.perf_counter() - started
-            log(f"{out} is up to date ({old.count} images unchanged)")
+            log(f"{out} is up to date ({old.count} images unchanged{as_before})")
             return result
         log(f"updating {out}: {result.unchanged} unchanged, {result.added} new, {result.changed} changed, "
-            f"{result.removed} gone; encoding {result.encoded}")
+            f"{result.removed} gone{as_before}; encoding {result.encoded}")
         if old is not None and old.count and len(source.ids) and result.removed == old.count:
             log(_no_id_matched(old, source.ids))
         encoded = plan.to_encode
@@ -203,8 +214,11 @@ def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_s
         records_now[encoded] = trusted(plan.stats[encoded], since_ns)
         kept = plan.reuse.copy()
         kept[encoded[produced]] = True
+        unreadable = {source.ids[i]: records_now[i] for i in encoded[~produced]}
+        unreadable.update((item_id, signature) for item_id, (_, signature) in still_bad.items())
+        skipped = skipped + [(item_id, reason) for item_id, (reason, _) in still_bad.items()]
         with read_codes(staging / STAGED_CODES) as merged:
-            write_table(staging / STAGED_TABLE, _blocks(records_now[kept]), CodesIdentity.of(merged))
+            write_table(staging / STAGED_TABLE, _blocks(records_now[kept]), CodesIdentity.of(merged), unreadable)
         write_skipped(staging / STAGED_CODES, skipped)
     commit(out, log)
     result.skipped = skipped
@@ -228,6 +242,23 @@ def encode_recorded(source: "ImageSource", model_dir: Path, out: Path, batch_siz
     return result
 
 
+def _set_aside_still_unreadable(source: "ImageSource", stats: np.ndarray, known_bad: dict[str, np.ndarray],
+                                reasons: Sequence[tuple[str, str]]) -> tuple["ImageSource", np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+    """Today's items less those whose file could not be read last time and has not changed since (by its
+    signature; an unknown one never matches), with their stats; and those set aside, id -> (reason, signature)."""
+    if not known_bad:
+        return source, stats, {}
+    why = dict(reasons)
+    bad = np.fromiter((item_id in known_bad for item_id in source.ids), bool, count=len(source.ids))
+    for i in np.flatnonzero(bad).tolist():
+        bad[i] = bool(unchanged(known_bad[source.ids[i]][None], stats[i : i + 1])[0])
+    if not bad.any():
+        return source, stats, {}
+    aside = {source.ids[i]: (why.get(source.ids[i], "could not be read"), stats[i]) for i in np.flatnonzero(bad).tolist()}
+    rest = np.flatnonzero(~bad)
+    return source.take(rest), stats[rest], aside
+
+
 def _no_id_matched(old: CodesFile, ids: Sequence[str]) -> str:
     """The note for an update in which no old id came back: most often the images were named another way
     (an absolute path where a relative one was given, another working folder), which costs a full encode."""
@@ -248,10 +279,11 @@ def record_files(ids: Sequence[str], files: Sequence[Path], out: Path, since_ns:
     """
     gone = {item_id for item_id, _ in skipped}
     kept = np.fromiter((item_id not in gone for item_id in ids), bool, count=len(ids))
-    records = trusted(stat_files(files), since_ns)[kept]
+    records = trusted(stat_files(files), since_ns)
+    unreadable = {ids[i]: records[i] for i in np.flatnonzero(~kept).tolist()}
     try:
         with read_codes(out) as codes:
-            return write_table(table_path(out), _blocks(records), CodesIdentity.of(codes))
+            return write_table(table_path(out), _blocks(records[kept]), CodesIdentity.of(codes), unreadable)
     except (OSError, ValueError) as exc:
         log(f"note: could not record the files behind {out} ({exc}); the next --update encodes every image")
         table_path(out).unlink(missing_ok=True)

@@ -22,6 +22,11 @@ of its codes), so a record of another version of the file is never trusted:
 an update without a valid record encodes every image once and records them.
 Losing it costs time, never correctness, which is why it is not part of the
 codes file itself and the codes format stays as every reader knows it.
+
+Version 2 adds the files that could not be read (the items of
+``CODES.skipped.tsv``) with their signatures, after the records: an update
+leaves such a file alone while it is unchanged, instead of decoding it (and
+counting it as new) every time, and tries it again once it changes.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -42,7 +47,9 @@ from ..codes import CodesFile
 from ..codes.reader import release_pages
 
 MAGIC = b"BRCDSTAT"
-VERSION = 1
+VERSION = 2
+#: the versions :func:`read_table` reads (version 1 has no section of unreadable files)
+READS = (1, 2)
 SUFFIX = ".stat"
 RECORD = np.dtype([("size", "<u8"), ("mtime_ns", "<i8"), ("ctime_ns", "<i8")])
 #: the record of an item whose file could not be stat'ed, or that may have changed while it was read
@@ -115,8 +122,10 @@ def unchanged(recorded: np.ndarray, current: np.ndarray) -> np.ndarray:
     return known & (recorded == current)
 
 
-def write_table(path: Path, records: Iterable[np.ndarray], identity: CodesIdentity) -> Path:
-    """Write the record of ``identity``'s files to ``path`` atomically, from blocks of records in codes order."""
+def write_table(path: Path, records: Iterable[np.ndarray], identity: CodesIdentity,
+                unreadable: Mapping[str, np.ndarray] = {}) -> Path:  # noqa: B006 - read only
+    """Write the record of ``identity``'s files to ``path`` atomically, from blocks of records in codes order,
+    then the signatures of the files that could not be read, by id."""
     count, crc = 0, 0
     with AtomicFile(path, "wb") as out:
         out.file.write(bytes(HEADER_SIZE))
@@ -127,6 +136,9 @@ def write_table(path: Path, records: Iterable[np.ndarray], identity: CodesIdenti
             count += len(block)
         if count != identity.count:
             raise ValueError(f"{count} file records for a codes file of {identity.count} items")
+        section = _unreadable_section(unreadable)
+        out.file.write(section)
+        crc = zlib.crc32(section, crc)
         head = _HEADER.pack(MAGIC, VERSION, RECORD.itemsize, count, identity.tail_crc32, crc, identity.codes_sha256, 0)
         out.file.seek(0)
         out.file.write(head[:-8] + struct.pack("<I", zlib.crc32(head[:-8])) + bytes(4))
@@ -147,9 +159,10 @@ def read_table(path: Path, identity: CodesIdentity) -> tuple[Optional[np.ndarray
     if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
         return None, f"{path} is not a brcd record of files"
     magic, version, record_size, count, ids_crc, data_crc, sha, header_crc = _HEADER.unpack(raw)
-    if version != VERSION or record_size != RECORD.itemsize:
+    if version not in READS or record_size != RECORD.itemsize:
         return None, f"{path} has format version {version}, which this brcd does not read"
-    if zlib.crc32(raw[:-8]) != header_crc or size != HEADER_SIZE + count * RECORD.itemsize:
+    end = HEADER_SIZE + count * RECORD.itemsize
+    if zlib.crc32(raw[:-8]) != header_crc or (size != end if version == 1 else size < end + 8):
         return None, f"{path} is damaged"
     if (count, ids_crc, sha) != (identity.count, identity.tail_crc32, identity.codes_sha256):
         return None, f"{path} describes another version of the codes file"
@@ -158,9 +171,47 @@ def read_table(path: Path, identity: CodesIdentity) -> tuple[Optional[np.ndarray
     crc = 0
     for start in range(0, count, _BLOCK):
         crc = zlib.crc32(records[start : start + _BLOCK].tobytes(), crc)
+    if version > 1:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(end)
+                crc = zlib.crc32(fh.read(), crc)
+        except OSError as exc:
+            return None, f"its record of files cannot be read ({exc.strerror or exc})"
     if crc != data_crc:
         return None, f"{path} is damaged"
     return records, ""
+
+
+def read_unreadable(path: Path, identity: CodesIdentity) -> dict[str, np.ndarray]:
+    """The files that could not be read when ``identity``'s codes were made, id -> signature then; empty where
+    ``path`` is not a whole record of that codes file (a version 1 record has none)."""
+    records, _ = read_table(path, identity)
+    if records is None:
+        return {}
+    release_pages(records)
+    with open(path, "rb") as fh:
+        version = _HEADER.unpack(fh.read(HEADER_SIZE))[1]
+        if version == 1:
+            return {}
+        fh.seek(HEADER_SIZE + identity.count * RECORD.itemsize)
+        section = fh.read()
+    (n,) = struct.unpack_from("<Q", section)
+    signatures = np.frombuffer(section, dtype=RECORD, count=n, offset=8)
+    out, pos = {}, 8 + n * RECORD.itemsize
+    for i in range(n):
+        (length,) = struct.unpack_from("<I", section, pos)
+        out[section[pos + 4 : pos + 4 + length].decode("utf-8", "surrogateescape")] = signatures[i]
+        pos += 4 + length
+    return out
+
+
+def _unreadable_section(unreadable: Mapping[str, np.ndarray]) -> bytes:
+    """n (u64), n signatures, then n ids as (u32 length, UTF-8 bytes with surrogateescape)."""
+    ids = [item_id.encode("utf-8", "surrogateescape") for item_id in unreadable]
+    signatures = np.array([tuple(unreadable[item_id].tolist()) for item_id in unreadable], dtype=RECORD)
+    return (struct.pack("<Q", len(ids)) + signatures.tobytes()
+            + b"".join(struct.pack("<I", len(raw)) + raw for raw in ids))
 
 
 def now_ns() -> int:
