@@ -205,6 +205,26 @@ def test_a_file_in_either_layout_loads(tmp_path: Path, original_states):
         pretrained.load_backbone_weights(arch, 224, str(wrong), log=lambda m: None)
 
 
+def test_an_original_layout_file_is_mapped_strictly_and_unwrapped_like_timm_files(tmp_path: Path, original_states):
+    """The key-map path refuses what does not fit in one line, and reads checkpoints as timm's loader does."""
+    arch = "tf_efficientnet_lite0"
+    real = original_states[arch]
+    wrapped = tmp_path / "ddp.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in real.items()}}, wrapped)
+    backbone, _ = pretrained.load_backbone_weights(arch, 224, str(wrapped), log=lambda m: None)
+    assert torch.equal(backbone.state_dict()["conv_head.weight"], real["_conv_head.weight"])
+    cases = {
+        "number.pth": (dict(real, **{"_blocks.3._bn1.weight": 3}), "hold a int for _blocks.3._bn1.weight, not a tensor"),
+        "half.pth": ({k: v for i, (k, v) in enumerate(real.items()) if i % 2 == 0}, "lack _"),
+        "extra.pth": (dict(real, **{"extra.weight": torch.zeros(2)}), "unexpected tensor extra.weight"),
+    }
+    for name, (content, words) in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ModelError) as info:
+            pretrained.load_backbone_weights(arch, 224, str(tmp_path / name), log=lambda m: None)
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
 def test_available_offline_backbones_and_the_best_one():
     rows = ow.available_offline_backbones()
     assert [r["arch"] for r in rows] == list(ARCHS)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
@@ -32,6 +35,7 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 ORIGINAL_LAYOUT_MARKER = "_conv_stem.weight"
 """A key only the original port's layout has; its presence says the file needs the key map."""
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,8 @@ def map_original_state_dict(
                 continue
             raise ModelError(f"weights for {arch} lack {src} (needed for {key}, shape {_shape(want)})")
         got = source[src]
+        if not _is_tensor(got):
+            raise ModelError(f"weights for {arch} hold a {type(got).__name__} for {src}, not a tensor")
         if tuple(got.shape) != tuple(want.shape):
             raise ModelError(f"weights for {arch} do not fit: {src} has shape {_shape(got)} but {key} needs {_shape(want)}")
         mapped[key] = got
@@ -200,31 +206,108 @@ def map_original_state_dict(
     return mapped
 
 
+def _is_tensor(value: Any) -> bool:
+    """True for a torch tensor; weights_only files may also hold plain numbers, strings and lists."""
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
 def _shape(tensor: Any) -> tuple[int, ...]:
     """A plain tuple, so messages read (144,) rather than torch.Size([144])."""
     return tuple(getattr(tensor, "shape", ()))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A torch or safetensors state dict from disk, with no arbitrary unpickling."""
-    import torch
+    """A state dict from a safetensors or torch file, with no arbitrary unpickling.
 
+    Torch files go through timm's own ``load_state_dict`` (weights_only=True),
+    so training checkpoints are unwrapped ('state_dict_ema', 'model_ema',
+    'state_dict', 'model') and DDP / torch.compile prefixes ('module.',
+    '_orig_mod.') stripped exactly as ``timm.create_model`` did for a file.
+    The format is told by the first bytes, not the suffix, so a text file, a
+    bare pickle or random bytes get one plain line instead of a parser's
+    message ("list index out of range", "header too large").
+    """
     path = Path(path)
+    kind = _weights_format(path)
+    if kind is None:
+        raise ModelError(f"cannot load pretrained weights {path}: not a safetensors or torch weights file")
+    if kind != "safetensors" and path.suffix == SAFETENSORS_SUFFIX:  # timm's loader goes by the suffix
+        raise ModelError(f"cannot load pretrained weights {path}: a torch file named {SAFETENSORS_SUFFIX}; rename it to .pt")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing them
+            warnings.simplefilter("ignore")
+            state = _load_with_timm(path, kind)
     except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for unusable files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot read weights {path}: {first}") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]  # a training checkpoint around the weights
-    if not isinstance(state, Mapping):
-        raise ModelError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+        raise ModelError(_unreadable(path, exc, kind)) from None
     return dict(state)
+
+
+def _weights_format(path: Path) -> Optional[str]:
+    """"safetensors", "zip" (torch.save's format), "pickle" (its legacy one) or None, from the file's first bytes.
+
+    A safetensors file starts with its JSON header's length (8 bytes, little
+    endian) and then the header itself; a torch file is a zip archive or,
+    in torch's legacy format, a pickle (first byte 0x80, the protocol marker).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+        if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+            return "safetensors"
+        if zipfile.is_zipfile(path):
+            return "zip"
+        if head[:1] == b"\x80":
+            return "pickle"
+    except OSError as exc:
+        raise ModelError(f"cannot load pretrained weights {path}: {exc.strerror or exc}") from None
+    return None
+
+
+def _load_with_timm(path: Path, kind: str) -> Mapping[str, Any]:
+    """The file's state dict through timm's helpers: ``load_state_dict`` for torch files, ``clean_state_dict`` for safetensors.
+
+    safetensors is read directly (flat, no containers to unwrap) so that a
+    file whose name lacks the suffix is not handed to torch.load.
+    """
+    from timm.models import clean_state_dict, load_state_dict
+
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        return clean_state_dict(load_file(str(path)))
+    return load_state_dict(str(path), weights_only=True)
+
+
+def _unreadable(path: Path, exc: BaseException, kind: str) -> str:
+    """One line on why a file that looked like weights (``kind``, from its first bytes) could not be read.
+
+    timm reports every refused unpickling as "non-allowlisted pickle
+    globals", random bytes included, so the globals are taken from torch's
+    own message (its cause) and only named when there really are some. The
+    reader's own words are kept only for a damaged zip or safetensors file;
+    for a pickle-like file they are noise ("pop from empty list").
+    """
+    detail = " ".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+    names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", detail)))
+    if names:
+        return (f"cannot load pretrained weights {path}: it holds pickled Python objects ({', '.join(names)}), "
+                "not only tensors, and brcd never unpickles those (weights_only=True)")
+    if isinstance(exc, AttributeError):  # timm's clean_state_dict got something other than a name -> tensor mapping
+        return f"cannot load pretrained weights {path}: it holds no state dict (a mapping of tensor names to tensors)"
+    if kind == "pickle":
+        return f"cannot load pretrained weights {path}: not a safetensors or torch weights file"
+    label = "safetensors" if kind == "safetensors" else "torch zip"
+    return (f"cannot load pretrained weights {path}: not a safetensors or torch weights file "
+            f"(damaged {label} data: {first_line(exc).split('. ')[0]})")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def is_original_layout(state: Mapping[str, Any]) -> bool:

@@ -19,14 +19,17 @@ from ..models.checkpoint import CONFIG
 RUN_FILE = "run.json"
 
 
-def prepare_out_dir(out_dir: Path, force: bool, resume: bool) -> None:
-    """Refuse to clobber a finished model unless asked to (--force) or continuing it (--resume)."""
+def check_out_dir(out_dir: Path, force: bool, resume: bool) -> None:
+    """Refuse to clobber a finished model unless asked to (--force) or continuing it (--resume).
+
+    It only checks: the trainers create the folder once the model is built, so
+    a run refused on its weights or its architecture leaves nothing behind.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BrcdError(f"output {out_dir} exists and is not a folder")
     if (out_dir / CONFIG).exists() and not (force or resume):
         raise BrcdError(f"{out_dir} already holds a model; pass --force to overwrite it or --resume to continue it")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def resolve_arch(arch: Optional[str], paper_default: str, pretrained: str, role: str, log: Callable[[str], None]) -> str:

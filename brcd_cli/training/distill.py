@@ -39,7 +39,7 @@ from ..losses.registry import DistillBatch, Method, MethodContext, get_method
 from ..models import HashModel, code_space_of, load_model, save_model, sign_codes
 from ..options import MASK_RULES, at_least, check_model_options, one_of, positive, within
 from .clustering import ClusterResult, bit_consistency, bit_masks, cluster_codes
-from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, recorded_seed, resolve_arch, write_run_record
+from .common import Validator, build_model, check_resume, check_out_dir, read_run_record, recorded_seed, resolve_arch, write_run_record
 from .feature_cache import CachedValidator, FeatureCache, ViewSet, build_or_open, cache_root, split_head, teacher_outputs
 from .loop import FitOptions, fit
 from .teacher import TrainedModel, uses_cache
@@ -219,7 +219,7 @@ def distill(
     out_dir = Path(out_dir)
     teacher, teacher_fp = load_model(teacher_dir)
     teacher.requires_grad_(False).eval()
-    prepare_out_dir(out_dir, force=force, resume=resume)
+    check_out_dir(out_dir, force=force, resume=resume)
     if resume:
         check_resume(read_run_record(out_dir), "student", options)
     torch.manual_seed(options.seed)
@@ -228,7 +228,6 @@ def distill(
     bits = teacher.config.bits
     split_seed = teacher_split_seed(teacher_dir, options)
     split = make_split(source, seed=split_seed, n_queries=options.n_queries, n_train=options.n_train)
-    images = preload(source, split.train, size)
     method = options.distill_method
     distilling = method.distills
     arch = resolve_arch(options.arch, PAPER_STUDENT, options.pretrained, "student", log)
@@ -238,6 +237,8 @@ def distill(
         method="cibhash" if not distilling else options.method,
         code_space=code_space_of(teacher.config, teacher_fp) if method.keeps_code_space else "",
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = preload(source, split.train, size)  # after the model: a refused backbone costs no decoding
     cached: Optional[CachedViews] = None
     if uses_cache(options.feature_cache, model, "student"):
         root = cache_root(options.cache_dir, teacher_dir)

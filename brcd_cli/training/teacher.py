@@ -28,7 +28,7 @@ from ..evaluation.protocol import default_top_k
 from ..losses import CIBHashLoss
 from ..models import HashModel, save_model
 from ..options import TEACHER_METHODS, at_least, check_model_options, one_of, positive
-from .common import Validator, build_model, check_resume, prepare_out_dir, read_run_record, resolve_arch, write_run_record
+from .common import Validator, build_model, check_resume, check_out_dir, read_run_record, resolve_arch, write_run_record
 from .feature_cache import (CachedValidator, FeatureCache, ViewSet, build_or_open, cache_root, clean_features_of,
                             find_clean_features)
 from .loop import FitOptions, FitResult, fit
@@ -102,7 +102,7 @@ def train_teacher(
 ) -> TrainedModel:
     """Train a teacher (CIBHash, or a closed-form LSH/ITQ head) and save it (weights, config, run record) in ``out_dir``."""
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, force=force, resume=resume)
+    check_out_dir(out_dir, force=force, resume=resume)
     if resume:
         check_resume(read_run_record(out_dir), "teacher", options)
     torch.manual_seed(options.seed)
@@ -116,6 +116,7 @@ def train_teacher(
         arch, options.bits, options.image_size, options.pretrained, options.freeze_backbone, log,
         role="teacher", head=options.head, hidden=options.hidden, augment=augment, method=options.method,
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
     log(f"teacher {arch}, {options.bits} bits, {options.image_size}px, {options.method}, backbone "
         f"{'frozen' if model.config.freeze_backbone else 'trained'}; {len(split.train)} training images")
     images = preload(source, split.train, options.image_size)
