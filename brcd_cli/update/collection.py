@@ -34,8 +34,7 @@ from ..codes.merge import Run, splice_codes
 from ..codes.partial import partial_dir, read_skipped, skipped_path, write_skipped
 from ..errors import BrcdError, DataError
 from .commit import STAGED_CODES, STAGED_TABLE, commit, finish_pending, staging_dir
-from .stat_table import (CodesIdentity, now_ns, read_table, read_unreadable, stat_files, table_path, trusted, unchanged,
-                         write_table)
+from .stat_table import CodesIdentity, now_ns, read_table, stat_files, table_path, trusted, unchanged, write_table
 
 if TYPE_CHECKING:  # the data layer imports torch, which removing items or reading records never needs
     from ..data import ImageSource
@@ -178,20 +177,20 @@ def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_s
         records, known_bad = None, {}
         if old is not None:
             check_reusable(old, model_dir, loading)
-            identity = CodesIdentity.of(old)
-            records, why = read_table(table_path(out), identity)
-            if records is None and old.count:
+            table, why = read_table(table_path(out), CodesIdentity.of(old))
+            if table is None and old.count:
                 log(f"note: {why}, so every image of {out} is encoded again this once")
-            known_bad = read_unreadable(table_path(out), identity) if records is not None else {}
+            records, known_bad = (table.records, table.unreadable) if table is not None else (None, {})
         stats = stat_files(files)
         source, stats, still_bad = _set_aside_still_unreadable(source, stats, known_bad, read_skipped(out))
+        carried = [(item_id, reason) for item_id, (reason, _) in still_bad.items()]  # still in the skipped list
         plan = plan_update(source.ids, stats, old, records)
         result = UpdateResult(out, count=0, unchanged=int(plan.reuse.sum()), added=plan.added, changed=plan.changed,
                               removed=plan.removed, unreadable_as_before=len(still_bad))
         as_before = f"; {len(still_bad)} unreadable as before" if still_bad else ""
         if old is not None and plan.keeps_old_file():
             result.count = old.count
-            result.skipped = [(item_id, reason) for item_id, (reason, _) in still_bad.items()]
+            result.skipped = carried
             result.skipped_file = skipped_path(out) if still_bad else None
             result.seconds = time.perf_counter() - started
             log(f"{out} is up to date ({old.count} images unchanged{as_before})")
@@ -216,7 +215,7 @@ def update_collection(source: "ImageSource", model_dir: Path, out: Path, batch_s
         kept[encoded[produced]] = True
         unreadable = {source.ids[i]: records_now[i] for i in encoded[~produced]}
         unreadable.update((item_id, signature) for item_id, (_, signature) in still_bad.items())
-        skipped = skipped + [(item_id, reason) for item_id, (reason, _) in still_bad.items()]
+        skipped = skipped + carried
         with read_codes(staging / STAGED_CODES) as merged:
             write_table(staging / STAGED_TABLE, _blocks(records_now[kept]), CodesIdentity.of(merged), unreadable)
         write_skipped(staging / STAGED_CODES, skipped)

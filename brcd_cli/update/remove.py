@@ -23,7 +23,7 @@ from ..codes.reader import release_pages
 from ..codes.writer import encode_id
 from ..errors import BrcdError
 from .commit import STAGED_CODES, STAGED_SKIPPED, STAGED_TABLE, commit, finish_pending, staging_dir
-from .stat_table import CodesIdentity, read_table, read_unreadable, table_path, write_table
+from .stat_table import CodesIdentity, read_table, table_path, write_table
 
 _BATCH = 1 << 16
 _SHOWN = 5  # unknown ids named in the error
@@ -98,15 +98,13 @@ def remove_items(codes_path: Path, ids: Sequence[str], ignore_missing: bool = Fa
         if not len(positions):
             return RemoveResult(path, 0, old.count, missing)
         runs = list(_between(positions, old.count))
-        identity = CodesIdentity.of(old)
-        records, _ = read_table(table_path(path), identity)
+        table, _ = read_table(table_path(path), CodesIdentity.of(old))
         staging.mkdir(parents=True, exist_ok=True)
         count = splice_codes([old], runs, staging / STAGED_CODES, overwrite=True)
-        if records is not None:
-            unreadable = read_unreadable(table_path(path), identity)  # as the skipped list, unchanged
-            with read_codes(staging / STAGED_CODES) as merged:
-                write_table(staging / STAGED_TABLE, (records[r.start : r.stop] for r in runs), CodesIdentity.of(merged),
-                            unreadable)
+        if table is not None:
+            with read_codes(staging / STAGED_CODES) as merged:  # the unreadable files stay, as the skipped list does
+                write_table(staging / STAGED_TABLE, (table.records[r.start : r.stop] for r in runs),
+                            CodesIdentity.of(merged), table.unreadable)
         if skipped_path(path).exists():  # the list of unreadable images stays as it was
             shutil.copyfile(skipped_path(path), staging / STAGED_SKIPPED)
     commit(path, log)

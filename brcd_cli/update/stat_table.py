@@ -145,9 +145,18 @@ def write_table(path: Path, records: Iterable[np.ndarray], identity: CodesIdenti
     return path
 
 
-def read_table(path: Path, identity: CodesIdentity) -> tuple[Optional[np.ndarray], str]:
-    """The records (memory-mapped, in codes order) if ``path`` is a whole record of exactly that codes file;
-    else None and why not, in words for a note."""
+@dataclass(frozen=True)
+class FileRecord:
+    """A whole record of one codes file's files, as :func:`read_table` found it."""
+
+    records: np.ndarray  # RECORD, memory-mapped, in codes order
+    #: the files that could not be read when the codes were made, id -> signature then (none in version 1)
+    unreadable: dict[str, np.ndarray]
+
+
+def read_table(path: Path, identity: CodesIdentity) -> tuple[Optional[FileRecord], str]:
+    """The record if ``path`` is a whole record of exactly that codes file; else None and why not, in words
+    for a note."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(HEADER_SIZE)
@@ -171,31 +180,26 @@ def read_table(path: Path, identity: CodesIdentity) -> tuple[Optional[np.ndarray
     crc = 0
     for start in range(0, count, _BLOCK):
         crc = zlib.crc32(records[start : start + _BLOCK].tobytes(), crc)
+    section = b""
     if version > 1:
         try:
             with open(path, "rb") as fh:
                 fh.seek(end)
-                crc = zlib.crc32(fh.read(), crc)
+                section = fh.read()
         except OSError as exc:
             return None, f"its record of files cannot be read ({exc.strerror or exc})"
+        crc = zlib.crc32(section, crc)
     if crc != data_crc:
         return None, f"{path} is damaged"
-    return records, ""
+    try:
+        unreadable = _parse_unreadable(section) if section else {}
+    except (struct.error, ValueError):
+        return None, f"{path} is damaged"
+    return FileRecord(records, unreadable), ""
 
 
-def read_unreadable(path: Path, identity: CodesIdentity) -> dict[str, np.ndarray]:
-    """The files that could not be read when ``identity``'s codes were made, id -> signature then; empty where
-    ``path`` is not a whole record of that codes file (a version 1 record has none)."""
-    records, _ = read_table(path, identity)
-    if records is None:
-        return {}
-    release_pages(records)
-    with open(path, "rb") as fh:
-        version = _HEADER.unpack(fh.read(HEADER_SIZE))[1]
-        if version == 1:
-            return {}
-        fh.seek(HEADER_SIZE + identity.count * RECORD.itemsize)
-        section = fh.read()
+def _parse_unreadable(section: bytes) -> dict[str, np.ndarray]:
+    """The id -> signature map :func:`_unreadable_section` wrote."""
     (n,) = struct.unpack_from("<Q", section)
     signatures = np.frombuffer(section, dtype=RECORD, count=n, offset=8)
     out, pos = {}, 8 + n * RECORD.itemsize
